@@ -1,0 +1,28 @@
+# Finds libtorch and sets up the compiler for it.
+#
+# Which libtorch: Debian's libtorch-dev (CPU, 1.13) is found by default. Any other build (a CUDA libtorch,
+# a newer release, the one inside a python torch) is chosen with -DTorch_DIR=<prefix>/share/cmake/Torch or
+# -DCMAKE_PREFIX_PATH=<prefix>; build.sh passes TORCH_DIR through as both.
+# Known trap: torch's CMake config adds -D_GLIBCXX_USE_CXX11_ABI=<0|1> to TORCH_CXX_FLAGS; every TU that
+# includes torch headers must use the same value, so we add TORCH_CXX_FLAGS globally.
+
+if(ANOMALYSD_CUDA)
+  enable_language(CUDA)
+endif()
+
+find_package(Torch REQUIRED)
+set(CMAKE_CXX_FLAGS "${CMAKE_CXX_FLAGS} ${TORCH_CXX_FLAGS}")
+
+# C++17 everywhere (newer libtorch requires it; 1.13 accepts it).
+set(CMAKE_CXX_STANDARD 17)
+set(CMAKE_CXX_STANDARD_REQUIRED ON)
+set(CMAKE_CXX_EXTENSIONS OFF)
+set(CMAKE_POSITION_INDEPENDENT_CODE ON)
+
+find_program(ANOMALYSD_CCACHE ccache)
+if(ANOMALYSD_CCACHE AND NOT CMAKE_CXX_COMPILER_LAUNCHER)
+  set(CMAKE_CXX_COMPILER_LAUNCHER "${ANOMALYSD_CCACHE}")
+endif()
+
+# Torch_VERSION is set by TorchConfigVersion.cmake; report it so build logs say which libtorch was used.
+message(STATUS "AnomalySD: libtorch ${Torch_VERSION} at ${Torch_DIR}; CUDA kernels: ${ANOMALYSD_CUDA}")

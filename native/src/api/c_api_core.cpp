@@ -1,0 +1,105 @@
+// C API: errors, versions, devices, threads, seeds, live-object count.
+#include <cstring>
+
+#include <torch/torch.h>
+#include <torch/version.h>
+#ifdef ANOMALYSD_WITH_CUDA
+#include <ATen/cuda/CUDAContext.h>
+#endif
+
+#include "anomalysd.h"
+#include "api/guard.h"
+#include "core/live_objects.h"
+
+namespace asd::api {
+
+namespace {
+thread_local std::string g_last_error;
+}
+
+void set_last_error(const std::string& message) noexcept {
+  try {
+    g_last_error = message;
+  } catch (...) {
+    // Assigning can only fail for lack of memory; keep the previous message rather than throwing.
+  }
+}
+
+asd_status fail(asd_status status, const std::string& message) noexcept {
+  set_last_error(message);
+  return status;
+}
+
+}  // namespace asd::api
+
+using asd::api::not_null;
+
+extern "C" {
+
+ASD_API const char* asd_last_error(void) { return asd::api::g_last_error.c_str(); }
+
+ASD_API asd_status asd_engine_version(const char** out_version) {
+  return ASD_GUARD({ *not_null(out_version, "out_version") = ANOMALYSD_VERSION; });
+}
+
+ASD_API asd_status asd_torch_version(const char** out_version) {
+  return ASD_GUARD({ *not_null(out_version, "out_version") = TORCH_VERSION; });
+}
+
+ASD_API asd_status asd_built_with_cuda(int32_t* out_flag) {
+#ifdef ANOMALYSD_WITH_CUDA
+  return ASD_GUARD({ *not_null(out_flag, "out_flag") = 1; });
+#else
+  return ASD_GUARD({ *not_null(out_flag, "out_flag") = 0; });
+#endif
+}
+
+ASD_API asd_status asd_cuda_device_count(int32_t* out_available, int32_t* out_count) {
+  return ASD_GUARD({
+    not_null(out_available, "out_available");
+    not_null(out_count, "out_count");
+    const bool available = torch::cuda::is_available();
+    *out_count = available ? static_cast<int32_t>(torch::cuda::device_count()) : 0;
+    *out_available = available ? 1 : 0;
+  });
+}
+
+ASD_API asd_status asd_cuda_device_name(int32_t index, char* buffer, size_t capacity) {
+  return ASD_GUARD({
+    not_null(buffer, "buffer");
+    asd::require(capacity > 0, "capacity must be > 0");
+    const int64_t count = torch::cuda::is_available() ? static_cast<int64_t>(torch::cuda::device_count()) : 0;
+    if (index < 0 || index >= count) {
+      asd::throw_error(ASD_ERR_NOT_FOUND, "no CUDA device " + std::to_string(index) + " (" + std::to_string(count) + " available)");
+    }
+#ifdef ANOMALYSD_WITH_CUDA
+    const std::string name = at::cuda::getDeviceProperties(index)->name;
+#else
+    const std::string name = "cuda:" + std::to_string(index);  // names need the CUDA runtime (ANOMALYSD_CUDA=ON)
+#endif
+    const size_t n = std::min(capacity - 1, name.size());
+    std::memcpy(buffer, name.data(), n);
+    buffer[n] = '\0';
+  });
+}
+
+ASD_API asd_status asd_get_num_threads(int32_t* out_threads) {
+  return ASD_GUARD({ *not_null(out_threads, "out_threads") = static_cast<int32_t>(torch::get_num_threads()); });
+}
+
+ASD_API asd_status asd_set_num_threads(int32_t threads) {
+  return ASD_GUARD({
+    asd::require(threads >= 1, "threads must be >= 1, got " + std::to_string(threads));
+    torch::set_num_threads(threads);
+  });
+}
+
+ASD_API asd_status asd_manual_seed(uint64_t seed) {
+  return ASD_GUARD({ torch::manual_seed(seed); });
+}
+
+ASD_API asd_status asd_live_objects(int64_t* out_count) {
+  return ASD_GUARD({ *not_null(out_count, "out_count") = asd::live_object_counter().load(); });
+}
+
+}  // extern "C"
