@@ -38,3 +38,15 @@ inline std::string shared_path(const std::string& relative) {
 }
 
 }  // namespace asd::test
+
+#include <torch/torch.h>
+
+namespace asd::test {
+
+/// max |a - b| in float64 (shapes must match).
+inline double max_abs_error(const torch::Tensor& a, const torch::Tensor& b) {
+  EXPECT_EQ(a.sizes(), b.sizes());
+  return (a.to(torch::kCPU, torch::kFloat64) - b.to(torch::kCPU, torch::kFloat64)).abs().max().item<double>();
+}
+
+}  // namespace asd::test
