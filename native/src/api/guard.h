@@ -9,6 +9,7 @@
 
 #include "anomalysd.h"
 #include "core/error.h"
+#include "core/runtime.h"
 
 namespace asd::api {
 
@@ -18,6 +19,7 @@ asd_status fail(asd_status status, const std::string& message) noexcept;
 template <class F>
 asd_status guard(const char* function, F&& body) noexcept {
   try {
+    ensure_runtime_initialized();
     body();
     return ASD_OK;
   } catch (const asd::Error& e) {

@@ -1,0 +1,76 @@
+using System.Runtime.InteropServices;
+
+namespace AnomalySD.Native;
+
+/// <summary>Status codes of <c>anomalysd.h</c> (<c>asd_status</c>); the numeric values are part of the ABI.</summary>
+public enum AsdStatus
+{
+    Ok = 0,
+    InvalidArgument = 1,
+    IO = 2,
+    Format = 3,
+    NotFound = 4,
+    Unsupported = 5,
+    OutOfMemory = 6,
+    Runtime = 7,
+    Internal = 8,
+}
+
+/// <summary>Element types (<c>asd_dtype</c>).</summary>
+public enum AsdDtype
+{
+    Auto = -1,
+    F32 = 0,
+    F16 = 1,
+    BF16 = 2,
+    I64 = 3,
+    F64 = 4,
+    I32 = 5,
+    U8 = 6,
+    Bool = 7,
+    I8 = 8,
+    I16 = 9,
+}
+
+/// <summary>
+/// One declaration per exported function of <c>native/include/anomalysd.h</c>, same names and order.
+/// Every function except <see cref="asd_last_error"/> returns an <see cref="AsdStatus"/>; call them through
+/// <see cref="AsdException.Check"/>. Handles come back as raw pointers and are wrapped at once in their SafeHandle.
+/// </summary>
+public static unsafe partial class NativeMethods
+{
+    public const string Library = "anomalysd";
+
+    static NativeMethods() => NativeLibraryResolver.Register();
+
+    [LibraryImport(Library)] public static partial byte* asd_last_error();
+    [LibraryImport(Library)] public static partial AsdStatus asd_engine_version(out byte* version);
+    [LibraryImport(Library)] public static partial AsdStatus asd_torch_version(out byte* version);
+    [LibraryImport(Library)] public static partial AsdStatus asd_built_with_cuda(out int flag);
+    [LibraryImport(Library)] public static partial AsdStatus asd_cuda_device_count(out int available, out int count);
+    [LibraryImport(Library)] public static partial AsdStatus asd_cuda_device_name(int index, byte* buffer, nuint capacity);
+    [LibraryImport(Library)] public static partial AsdStatus asd_get_num_threads(out int threads);
+    [LibraryImport(Library)] public static partial AsdStatus asd_set_num_threads(int threads);
+    [LibraryImport(Library)] public static partial AsdStatus asd_manual_seed(ulong seed);
+    [LibraryImport(Library)] public static partial AsdStatus asd_live_objects(out long count);
+
+    [LibraryImport(Library)] public static partial AsdStatus asd_tensor_map_create(out IntPtr map);
+    [LibraryImport(Library, StringMarshalling = StringMarshalling.Utf8)]
+    public static partial AsdStatus asd_safetensors_load(string path, AsdDtype dtype, out IntPtr map);
+    [LibraryImport(Library, StringMarshalling = StringMarshalling.Utf8)]
+    public static partial AsdStatus asd_safetensors_save(TensorMapHandle map, string path, string? metadataJson);
+    [LibraryImport(Library)] public static partial AsdStatus asd_tensor_map_free(IntPtr map);
+    [LibraryImport(Library)] public static partial AsdStatus asd_tensor_map_count(TensorMapHandle map, out long count);
+    [LibraryImport(Library)] public static partial AsdStatus asd_tensor_map_name(TensorMapHandle map, long index, out byte* name);
+    [LibraryImport(Library, StringMarshalling = StringMarshalling.Utf8)]
+    public static partial AsdStatus asd_tensor_map_info(TensorMapHandle map, string name, out AsdDtype dtype, out int ndim, long* shape, int shapeCapacity);
+    [LibraryImport(Library, StringMarshalling = StringMarshalling.Utf8)]
+    public static partial AsdStatus asd_tensor_map_get_f32(TensorMapHandle map, string name, float* buffer, long count);
+    [LibraryImport(Library, StringMarshalling = StringMarshalling.Utf8)]
+    public static partial AsdStatus asd_tensor_map_set_f32(TensorMapHandle map, string name, float* data, long* shape, int ndim, AsdDtype dtype);
+    [LibraryImport(Library, StringMarshalling = StringMarshalling.Utf8)]
+    public static partial AsdStatus asd_tensor_map_set_i64(TensorMapHandle map, string name, long* data, long* shape, int ndim);
+
+    /// <summary>A NUL-terminated UTF-8 string owned by the engine, copied into a managed string.</summary>
+    public static string FromUtf8(byte* s) => s == null ? string.Empty : Marshal.PtrToStringUTF8((IntPtr)s) ?? string.Empty;
+}
