@@ -7,7 +7,17 @@
 # includes torch headers must use the same value, so we add TORCH_CXX_FLAGS globally.
 
 if(ANOMALYSD_CUDA)
+  if(NOT DEFINED CMAKE_CUDA_ARCHITECTURES)
+    # The GPU of the build machine (CMake >= 3.24), else a broad default; override with -DCMAKE_CUDA_ARCHITECTURES.
+    if(CMAKE_VERSION VERSION_GREATER_EQUAL 3.24)
+      set(CMAKE_CUDA_ARCHITECTURES native)
+    else()
+      set(CMAKE_CUDA_ARCHITECTURES 70 80 90)
+    endif()
+  endif()
   enable_language(CUDA)
+  set(CMAKE_CUDA_STANDARD 17)
+  set(CMAKE_CUDA_STANDARD_REQUIRED ON)
 endif()
 
 find_package(Torch REQUIRED)
