@@ -1,0 +1,114 @@
+using SixLabors.ImageSharp;
+using SixLabors.ImageSharp.PixelFormats;
+using SixLabors.ImageSharp.Processing;
+
+namespace AnomalySD.Data;
+
+/// <summary>An RGB image as planar float data: <c>Data[c * Height * Width + y * Width + x]</c>, c = R, G, B, values in [0, 1].</summary>
+public sealed record RgbImage(int Width, int Height, float[] Data)
+{
+    public float this[int c, int y, int x] => Data[(c * Height + y) * Width + x];
+}
+
+/// <summary>A binary ground-truth or proposal mask: <c>Data[y * Width + x]</c> is 1 (anomalous / masked) or 0.</summary>
+public sealed record BinaryMask(int Width, int Height, byte[] Data)
+{
+    public byte this[int y, int x] => Data[y * Width + x];
+    public int Count => Data.Count(v => v != 0);
+}
+
+/// <summary>An image or mask file that could not be used; <see cref="Exception.Message"/> names the path and the problem.</summary>
+public sealed class ImageLoadException(string path, string problem, Exception? inner = null)
+    : Exception($"{path}: {problem}", inner)
+{
+    public string Path { get; } = path;
+}
+
+/// <summary>
+/// Decodes images with ImageSharp 2.1 (PNG, JPEG, BMP, TIFF, GIF, TGA, WebP; 8/16-bit, grayscale, palette, RGBA are all
+/// converted to 8-bit RGB, alpha dropped), applies the EXIF orientation, and resizes to the model resolution.
+/// </summary>
+public static class ImageIO
+{
+    /// <summary>Loads <paramref name="path"/> as RGB resized to <paramref name="size"/> x <paramref name="size"/>
+    /// (bicubic; <paramref name="size"/> &lt;= 0 keeps the original size).</summary>
+    /// <exception cref="ImageLoadException">missing, unreadable or undecodable file.</exception>
+    public static RgbImage LoadRgb(string path, int size)
+    {
+        using var image = Decode<Rgb24>(path);
+        if (size > 0 && (image.Width != size || image.Height != size))
+            image.Mutate(x => x.Resize(new ResizeOptions { Size = new Size(size, size), Mode = ResizeMode.Stretch, Sampler = KnownResamplers.Bicubic }));
+        int w = image.Width, h = image.Height, plane = w * h;
+        var data = new float[3 * plane];
+        image.ProcessPixelRows(rows =>
+        {
+            for (int y = 0; y < h; y++)
+            {
+                var row = rows.GetRowSpan(y);
+                for (int x = 0; x < w; x++)
+                {
+                    data[y * w + x] = row[x].R / 255f;
+                    data[plane + y * w + x] = row[x].G / 255f;
+                    data[2 * plane + y * w + x] = row[x].B / 255f;
+                }
+            }
+        });
+        return new RgbImage(w, h, data);
+    }
+
+    /// <summary>Loads a mask (any pixel &gt; 127 in luminance is anomalous) resized with nearest neighbour to
+    /// <paramref name="size"/> (&lt;= 0 keeps the size). If <paramref name="expectedWidth"/>/<paramref name="expectedHeight"/>
+    /// are given, the file's own size must equal them (a mask must match its image before resizing).</summary>
+    /// <exception cref="ImageLoadException">unreadable file, or a size different from the image's.</exception>
+    public static BinaryMask LoadMask(string path, int size, int? expectedWidth = null, int? expectedHeight = null)
+    {
+        using var image = Decode<L8>(path);
+        if (expectedWidth is int ew && expectedHeight is int eh && (image.Width != ew || image.Height != eh))
+            throw new ImageLoadException(path, $"mask is {image.Width}x{image.Height} but its image is {ew}x{eh}");
+        if (size > 0 && (image.Width != size || image.Height != size))
+            image.Mutate(x => x.Resize(new ResizeOptions { Size = new Size(size, size), Mode = ResizeMode.Stretch, Sampler = KnownResamplers.NearestNeighbor }));
+        var data = new byte[image.Width * image.Height];
+        int w = image.Width;
+        image.ProcessPixelRows(rows =>
+        {
+            for (int y = 0; y < rows.Height; y++)
+            {
+                var row = rows.GetRowSpan(y);
+                for (int x = 0; x < w; x++) data[y * w + x] = row[x].PackedValue > 127 ? (byte)1 : (byte)0;
+            }
+        });
+        return new BinaryMask(image.Width, image.Height, data);
+    }
+
+    /// <summary>Width and height of an image file without decoding its pixels.</summary>
+    /// <exception cref="ImageLoadException">missing or unrecognised file.</exception>
+    public static (int Width, int Height) Identify(string path)
+    {
+        try
+        {
+            var info = Image.Identify(path) ?? throw new ImageLoadException(path, "not a recognised image format");
+            return (info.Width, info.Height);
+        }
+        catch (Exception e) when (e is not ImageLoadException) { throw Wrap(path, e); }
+    }
+
+    private static Image<T> Decode<T>(string path) where T : unmanaged, IPixel<T>
+    {
+        try
+        {
+            var image = Image.Load<T>(path);
+            image.Mutate(x => x.AutoOrient());
+            return image;
+        }
+        catch (Exception e) { throw Wrap(path, e); }
+    }
+
+    private static ImageLoadException Wrap(string path, Exception e) => e switch
+    {
+        FileNotFoundException or DirectoryNotFoundException => new ImageLoadException(path, "file not found", e),
+        UnknownImageFormatException => new ImageLoadException(path, "not a recognised image format", e),
+        InvalidImageContentException => new ImageLoadException(path, $"corrupt image ({e.Message})", e),
+        IOException => new ImageLoadException(path, $"cannot read ({e.Message})", e),
+        _ => new ImageLoadException(path, $"cannot decode ({e.GetType().Name}: {e.Message})", e),
+    };
+}
