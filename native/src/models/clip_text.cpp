@@ -84,7 +84,10 @@ ClipTextModelImpl::ClipTextModelImpl(const ClipTextConfig& config) : config_(con
       embeddings->register_module("position_embedding", torch::nn::Embedding(config.max_position_embeddings, config.hidden_size));
   auto encoder = text_model->register_module("encoder", std::make_shared<torch::nn::Module>());
   layers_ = encoder->register_module("layers", torch::nn::ModuleList());
-  for (int64_t i = 0; i < config.num_hidden_layers; ++i) layers_->push_back(ClipEncoderLayer(config));
+  for (int64_t i = 0; i < config.num_hidden_layers; ++i) {
+    layer_handles_.push_back(ClipEncoderLayer(config));
+    layers_->push_back(layer_handles_.back());
+  }
   final_layer_norm_ = text_model->register_module("final_layer_norm", make_layer_norm(config));
 }
 
@@ -101,7 +104,7 @@ torch::Tensor ClipTextModelImpl::forward(const torch::Tensor& input_ids) {
   // Causal mask: position i attends to j <= i. -inf is safe because the diagonal is always allowed.
   const torch::Tensor causal_mask =
       torch::full({S, S}, -std::numeric_limits<double>::infinity(), h.options()).triu(1);
-  for (const auto& layer : *layers_) h = layer->as<ClipEncoderLayer>()->forward(h, causal_mask);
+  for (auto& layer : layer_handles_) h = layer->forward(h, causal_mask);
   return final_layer_norm_(h);
 }
 

@@ -18,6 +18,7 @@
 #pragma once
 
 #include <string>
+#include <vector>
 
 #include <torch/torch.h>
 
@@ -78,7 +79,8 @@ class ClipTextModelImpl : public torch::nn::Module {
   ClipTextConfig config_;
   torch::nn::Embedding token_embedding_{nullptr};
   torch::nn::Embedding position_embedding_{nullptr};
-  torch::nn::ModuleList layers_{nullptr};
+  torch::nn::ModuleList layers_{nullptr};          // registered: text_model.encoder.layers.N
+  std::vector<ClipEncoderLayer> layer_handles_;     // the same modules, typed, for forward()
   torch::nn::LayerNorm final_layer_norm_{nullptr};
 };
 TORCH_MODULE(ClipTextModel);
