@@ -1,6 +1,7 @@
 // DDIM / DDPM schedulers: the golden DDIM case (diffusers 0.21 on Stable Diffusion's scheduler config), and
 // values computed by hand from diffusers' formulas for the spacings, DDPM's posterior and the errors.
 #include <cmath>
+#include <fstream>
 #include <iostream>
 #include <string>
 #include <vector>
@@ -304,4 +305,38 @@ TEST(DdimConfig, UnsupportedValuesNameTheKey) {
   j = golden_config_json();
   j["prediction_type"] = "flow";
   expect_unsupported(j, "prediction_type");
+}
+
+TEST(DdpmStep, VPredictionFromConfigFile) {
+  asd::test::TempDir dir;
+  const std::string path = (dir.path() / "scheduler_config.json").string();
+  {
+    std::ofstream out(path);
+    out << R"({"_class_name": "DDPMScheduler", "num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012,
+              "beta_schedule": "scaled_linear", "prediction_type": "v_prediction", "clip_sample": false,
+              "variance_type": "fixed_large", "steps_offset": 1})";
+  }
+  sch::DDPMScheduler s = sch::DDPMScheduler::load(path);
+  EXPECT_EQ(s.config().variance_type, sch::VarianceType::kFixedLarge);
+  EXPECT_EQ(to_vector(s.set_timesteps(4)), (std::vector<int64_t>{751, 501, 251, 1}));  // leading, ratio 250, offset 1
+  // scaled_linear: beta_i = (sqrt(0.00085) + i (sqrt(0.012) - sqrt(0.00085)) / 999)^2, acp = prod (1 - beta_i).
+  auto acp = [](int64_t t) {
+    double p = 1.0;
+    for (int64_t i = 0; i <= t; ++i) {
+      const double b = std::sqrt(0.00085) + static_cast<double>(i) * (std::sqrt(0.012) - std::sqrt(0.00085)) / 999.0;
+      p *= 1.0 - b * b;
+    }
+    return p;
+  };
+  const int64_t t = 501;  // prev = 251
+  const double a_t = acp(t), a_prev = acp(251);
+  EXPECT_NEAR(s.schedule().alpha_cumprod(t), a_t, 2e-6);
+  const double beta_t = 1 - a_t / a_prev;
+  const double x = -0.6, v = 0.25, z = 0.9;
+  const double x0 = std::sqrt(a_t) * x - std::sqrt(1 - a_t) * v;
+  const double mean = std::sqrt(a_prev) * beta_t / (1 - a_t) * x0 + std::sqrt(1 - beta_t) * (1 - a_prev) / (1 - a_t) * x;
+  const double expected = mean + std::sqrt(beta_t) * z;  // fixed_large: variance = beta_t
+  const torch::Tensor out = s.step(torch::full({1, 2, 2, 2}, v), t, torch::full({1, 2, 2, 2}, x), torch::full({1, 2, 2, 2}, z));
+  EXPECT_NEAR(out.mean().item<double>(), expected, 2e-5);
+  EXPECT_NEAR(s.variance(t), beta_t, 1e-6);
 }
