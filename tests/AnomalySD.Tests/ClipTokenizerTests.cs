@@ -175,6 +175,31 @@ public sealed class ClipTokenizerTests : IDisposable
         Assert.Equal([49406, one, zero, zero, 49407], tok.Encode("100"));
     }
 
+    /// <summary>Edge cases beyond the golden file. Expected ids were computed with the algorithm of OpenAI
+    /// <c>simple_tokenizer.py</c> (Python <c>regex</c> module, NFC + whitespace_clean + lower instead of ftfy)
+    /// on the same vocab.json / merges.txt.</summary>
+    public static TheoryData<string, int[]> ReferenceCases() => new()
+    {
+        // emoji: byte-level fallback, no unknown token
+        { "a photo of a \U0001F34E apple \U0001F600\U0001F600!", [49406, 320, 1125, 539, 320, 32069, 3055, 12832, 12832, 256, 49407] },
+        // letters and digits outside the BMP are \p{L} / \p{N} (digits one piece each)
+        { "\U0001D400\U0001D401\U0001D402 bold math letters \U0001D7CF\U0001D7D0", [49406, 15889, 222, 15889, 223, 15889, 480, 8911, 6025, 9181, 6874, 253, 493, 6874, 253, 494, 49407] },
+        { "don't you're we've I'm they'll he'd it's", [49406, 847, 713, 592, 982, 649, 1200, 328, 880, 889, 1342, 797, 1896, 585, 568, 49407] },
+        // special token strings inside words, case-insensitive
+        { "a<|startoftext|>b<|ENDOFTEXT|>c", [49406, 320, 49406, 321, 49407, 322, 49407] },
+        // U+001F is not White_Space (kept as a symbol) but U+0085 is
+        { "a\u001fb\u0085c", [49406, 320, 475, 321, 322, 49407] },
+        // ...while str.strip() removes U+001C..U+001F at the ends
+        { "\u001f lead and trail \u001e ", [49406, 2784, 537, 4921, 49407] },
+    };
+
+    [Theory]
+    [MemberData(nameof(ReferenceCases))]
+    public void EdgeCasesMatchReferenceAlgorithm(string text, int[] expected)
+    {
+        Assert.Equal(expected, Sd1.Value.Encode(text));
+    }
+
     [Fact]
     public void PadTokenIsReadFromTokenizerConfigAsString()
     {

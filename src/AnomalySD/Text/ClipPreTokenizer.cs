@@ -105,7 +105,7 @@ internal sealed class ClipPreTokenizer : PreTokenizer
         {
             return Kind.Other; // lone surrogate: neither letter, number nor space
         }
-        if (ClipTokenizer.IsPythonWhiteSpace(r))
+        if (Rune.IsWhiteSpace(r)) // `regex` module \s = Unicode White_Space
         {
             return Kind.Space;
         }

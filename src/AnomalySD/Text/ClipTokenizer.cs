@@ -196,30 +196,32 @@ public sealed class ClipTokenizer
 
     /// <summary>
     /// CLIP's text cleanup: NFC (when globalization data is available, see remarks on the class),
-    /// white-space runs (Python <c>str.isspace</c>) to one space, trim, lower-case
+    /// runs of Unicode White_Space to one space, Python <c>strip()</c>, lower-case
     /// (<c>whitespace_clean(basic_clean(text)).lower()</c> without ftfy's mojibake repair).
     /// </summary>
     public static string CleanText(string text)
     {
         ArgumentNullException.ThrowIfNull(text);
         string nfc = text.IsNormalized(NormalizationForm.FormC) ? text : text.Normalize(NormalizationForm.FormC);
+        // whitespace_clean: re.sub(r"\s+", " ", text).strip() with the `regex` module, whose \s is the
+        // Unicode White_Space property (= Rune.IsWhiteSpace); str.strip additionally strips U+001C..U+001F.
         var sb = new StringBuilder(nfc.Length);
-        bool pendingSpace = false;
+        bool inSpace = false;
         foreach (Rune r in nfc.EnumerateRunes())
         {
-            if (IsPythonWhiteSpace(r))
+            if (Rune.IsWhiteSpace(r))
             {
-                pendingSpace = sb.Length > 0;
+                if (!inSpace)
+                {
+                    sb.Append(' ');
+                    inSpace = true;
+                }
                 continue;
             }
-            if (pendingSpace)
-            {
-                sb.Append(' ');
-                pendingSpace = false;
-            }
+            inSpace = false;
             sb.Append(r.ToString());
         }
-        return sb.ToString().ToLowerInvariant();
+        return sb.ToString().Trim(StripChars).ToLowerInvariant();
     }
 
     /// <summary>
@@ -408,9 +410,8 @@ public sealed class ClipTokenizer
         }
     }
 
-    /// <summary>Python <c>str.isspace</c> (what <c>\s</c> and <c>str.strip</c> use in CLIP's cleanup).</summary>
-    internal static bool IsPythonWhiteSpace(Rune r) =>
-        Rune.IsWhiteSpace(r) || (r.Value >= 0x1C && r.Value <= 0x1F);
+    /// <summary>What Python's <c>str.strip()</c> removes once white-space runs are collapsed to one space.</summary>
+    private static readonly char[] StripChars = [' ', '\u001C', '\u001D', '\u001E', '\u001F'];
 
     /// <summary>CLIP cleanup as a Microsoft.ML.Tokenizers normalizer.</summary>
     private sealed class ClipNormalizer : Normalizer
