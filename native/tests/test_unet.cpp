@@ -180,3 +180,23 @@ TEST(UnetForward, SizeNotAMultipleOfEightUpsamplesToSkipSizes) {
   EXPECT_EQ(y.sizes(), (std::vector<int64_t>{1, 4, 18, 18}));
   EXPECT_TRUE(torch::isfinite(y).all().item<bool>());
 }
+
+TEST(UnetForward, GradientsReachEveryLevelForFinetuning) {
+  // Eq. 8 fine-tunes the UNet: the forward pass must be differentiable (no in-place op breaks autograd).
+  const std::string c = "unet_sd1_inpaint_tiny";
+  UNet2DConditionModel unet = load_golden_unet(c);
+  unet->train();
+  const asd::TensorMap io = asd::safetensors::load(golden(c, "io.safetensors"));
+  const torch::Tensor y = unet->forward(io.at("sample"), io.at("timestep"), io.at("encoder_hidden_states"));
+  (y - io.at("out") - 0.1).pow(2).mean().backward();
+  int checked = 0;
+  for (const auto& p : unet->named_parameters()) {
+    if (p.key() == "conv_in.weight" || p.key() == "mid_block.attentions.0.transformer_blocks.0.attn1.to_q.weight" ||
+        p.key() == "up_blocks.3.attentions.2.transformer_blocks.0.attn2.to_k.weight" || p.key() == "time_embedding.linear_1.weight") {
+      ASSERT_TRUE(p.value().grad().defined()) << p.key();
+      EXPECT_GT(p.value().grad().abs().sum().item<double>(), 0.0) << p.key();
+      ++checked;
+    }
+  }
+  EXPECT_EQ(checked, 4);
+}

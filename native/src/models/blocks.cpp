@@ -82,7 +82,8 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const torch::Tensor
   int64_t b = 0, c = 0, hh = 0, ww = 0;
   if (spatial) {
     b = x.size(0), c = x.size(1), hh = x.size(2), ww = x.size(3);
-    h = h.reshape({b, c, hh * ww}).transpose(1, 2);  // [B,HW,C] (a view of the normed map)
+    // [B,HW,C], made contiguous once here rather than inside each of the three projections.
+    h = h.reshape({b, c, hh * ww}).transpose(1, 2).contiguous();
   }
   const torch::Tensor& src = context.defined() ? context : h;
   const int64_t batch = h.size(0), lq = h.size(1), lk = src.size(1), heads = o_.heads, d = o_.dim_head;
