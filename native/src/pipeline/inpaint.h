@@ -1,0 +1,64 @@
+// Batched inpainting of one image under many masks (paper section 4.2, eq. 11), with the whole denoising
+// loop in native code.
+//
+// For an image x, masks m_1..m_M and the category's prompt embedding c:
+//   z   = s * mean(E(x))                              once per image (s = the VAE scaling_factor)
+//   z°_i = s * mean(E((1 - m_i) ⊙ x)),  m̃_i = nearest-downsample(m_i) to the latent size
+//   timesteps = DDIM(num_inference_steps)[t_start:]   (strength rule, t_start = N - min(int(N·λ), N))
+//   z_T̃,i = add_noise(z, ε_i, timesteps[0]),          ε_i ~ N(0, I) from a generator seeded (seed, i)
+//   for t in timesteps: z_i = DDIM.step(UNet([z_i; z°_i; m̃_i], t, c), t, z_i)
+//   x̂_i = clamp(D(z_i / s), -1, 1)
+// The posterior MEAN is used for E(·) (no sampling): inpaintings depend only on the seeded ε_i, and a
+// reconstruction-based score is not perturbed by VAE sampling noise.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+
+#include <torch/torch.h>
+
+#include "pipeline/sd_pipeline.h"
+
+namespace asd::pipeline {
+
+struct InpaintOptions {
+  /// DDIM steps of the full schedule (the paper: 50), >= 1.
+  int64_t num_inference_steps = 50;
+  /// λ in [0, 1]: the fraction of the schedule that is re-noised and denoised (the paper: 0.4).
+  double noise_strength = 0.4;
+  /// Masks per UNet batch; 0 chooses from the memory available (see choose_batch_size).
+  int64_t batch_size = 0;
+  /// Seeds the per-mask noise: mask i of a call uses a CPU generator seeded with seed + i, so results do not
+  /// depend on the batch size or on the device's generator.
+  uint64_t seed = 0;
+};
+
+/// Peak-memory estimate (bytes) of one mask in the batched loop, from the UNet and VAE configs and the
+/// latent size h x w (activations of one UNet forward + the VAE encode/decode of one image). Documented as an
+/// estimate: the loop also halves the batch and retries if the device reports out-of-memory.
+int64_t estimate_bytes_per_mask(const SdComponents& c, int64_t height, int64_t width);
+
+/// The batch size used when InpaintOptions::batch_size is 0: half of the memory available on the device
+/// (CUDA: cudaMemGetInfo's free memory; CPU: MemAvailable of /proc/meminfo) divided by
+/// estimate_bytes_per_mask, clamped to [1, num_masks].
+int64_t choose_batch_size(const SdComponents& c, int64_t height, int64_t width, int64_t num_masks);
+
+/// The prompt condition of a category (section 4.2, "Aggregation of Hierarchical Prompts"): the mean over
+/// prompts of the text encoder's last hidden state. token_ids [P, 77] int64 -> [1, 77, D] in the model dtype.
+torch::Tensor average_prompt_embedding(SdComponents& c, const torch::Tensor& token_ids);
+
+/// Batched inpainting: image [3, H, W] in [-1, 1]; masks [M, 1, H, W] with 1 = inpaint (values > 0.5);
+/// text_embedding [1, L, D] (average_prompt_embedding). H and W must be multiples of vae_scale_factor().
+/// Returns [M, 3, H, W] in [-1, 1] on the CPU (float32). E(x) and the condition are computed once; the loop
+/// never leaves native code. `progress(done, total)` (optional) is called after each batch.
+/// ASD_ERR_INVALID_ARGUMENT for wrong shapes or options.
+torch::Tensor inpaint(SdComponents& c, const torch::Tensor& image, const torch::Tensor& masks, const torch::Tensor& text_embedding,
+                      const InpaintOptions& options, const std::function<void(int64_t, int64_t)>& progress = {});
+
+/// The same result computed as a direct port would: one mask at a time, recomputing E(x) and the prompt
+/// embedding (from token_ids [P, 77]) for every mask and concatenating the UNet input with torch::cat each
+/// step. For the benchmark's `naive` mode and as a reference in tests.
+torch::Tensor inpaint_naive(SdComponents& c, const torch::Tensor& image, const torch::Tensor& masks, const torch::Tensor& token_ids,
+                            const InpaintOptions& options);
+
+}  // namespace asd::pipeline
