@@ -93,6 +93,26 @@ public sealed class ResNet18ConversionTests(ResNet18ConversionFixture fx, ITestO
         }
     }
 
+    /// <summary>
+    /// The export's asymmetric pads (conv1 3,3,2,2; stride-2 3x3 convs and max pool 1,1,0,0) have torchvision's
+    /// begin pads, and at 224x224 (even sizes at every stride-2 layer) the extra end row/column of torchvision's
+    /// symmetric padding is never read: the features are the same. (At odd sizes only the output size differs.)
+    /// </summary>
+    [Fact]
+    public void TorchvisionSymmetricPaddingGivesTheSameFeaturesAt224()
+    {
+        var md = new Dictionary<string, string>(fx.Weights.Metadata);
+        foreach (string k in md.Keys.Where(k => k.StartsWith("pads.", StringComparison.Ordinal)).ToList())
+            md[k] = md[k] switch { "3,3,2,2" => "3,3,3,3", "1,1,0,0" => "1,1,1,1", var v => v };
+        var symmetric = new ResNet18Reference.Weights { Tensors = fx.Weights.Tensors, Shapes = fx.Weights.Shapes, Metadata = md };
+        float[] rgb = ResNet18Reference.SyntheticImage(0);
+        float[] ort = ResNet18Reference.OrtFeatures(rgb);
+        float[] sym = ResNet18Reference.ReferenceFeatures(symmetric, rgb);
+        double err = ort.Zip(sym, (a, b) => Math.Abs((double)a - b)).Max();
+        output.WriteLine($"symmetric pads: max |ORT - reference| = {err:E3}");
+        Assert.True(err <= 1e-4, $"max abs error {err:E3} > 1e-4");
+    }
+
     [Fact]
     public void SecondConversionIsByteIdentical()
     {

@@ -250,6 +250,8 @@ public static class ResNet18Converter
             foreach (var (k, v) in eps) m.Metadata[$"eps.{k}"] = F(v);
         }
         m.Metadata["pads.format"] = "ONNX pads: top,left,bottom,right (begin H, begin W, end H, end W)";
+        m.Metadata["pads.torchvision"] = "begin pads equal torchvision's; the smaller end pads of the stride-2 layers are never " +
+                                         "read at even input sizes (224x224), so symmetric padding gives the same features there";
 
         CheckLayout(g, m);
     }
