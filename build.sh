@@ -65,6 +65,8 @@ build_managed() {
   command -v dotnet >/dev/null || { echo "build.sh: the .NET SDK (dotnet, 10.0) is required" >&2; exit 2; }
   log ".NET solution (restore + build)"
   dotnet build "$ROOT/AnomalySD.sln" -c Release -nologo -v quiet -p:AnomalySDNativeDir="$NATIVE_BUILD/native/"
+  ANOMALYSD_NATIVE_PATH="$NATIVE_BUILD/native" dotnet run --project "$ROOT/tools/AnomalySD.ModelPrep" -c Release --no-build -- resnet18 --out "$NATIVE_BUILD/native/resnet18_imagenet.safetensors" \
+    || echo "build.sh: WARNING: could not write $NATIVE_BUILD/native/resnet18_imagenet.safetensors (ImageNet ResNet18 backbone; see the message above). The build goes on; rerun ./build.sh managed once the cause is fixed." >&2
 }
 
 run_tests() {
