@@ -50,3 +50,15 @@ public sealed class TensorMapHandle : AsdHandle
 {
     protected override AsdStatus Free(IntPtr pointer) => NativeMethods.asd_tensor_map_free(pointer);
 }
+
+/// <summary>Handle of an <c>asd_model</c> (SD inpainting model + categories).</summary>
+public sealed class ModelHandle : AsdHandle
+{
+    protected override AsdStatus Free(IntPtr pointer) => NativeMethods.asd_model_free(pointer);
+}
+
+/// <summary>Handle of an <c>asd_trainer</c> (fine-tuning of a model; must not outlive it).</summary>
+public sealed class TrainerHandle : AsdHandle
+{
+    protected override AsdStatus Free(IntPtr pointer) => NativeMethods.asd_trainer_free(pointer);
+}

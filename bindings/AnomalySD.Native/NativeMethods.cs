@@ -32,6 +32,17 @@ public enum AsdDtype
     I16 = 9,
 }
 
+/// <summary><c>asd_inpaint_options</c>: same layout as the C struct.</summary>
+[StructLayout(LayoutKind.Sequential)]
+public struct AsdInpaintOptions
+{
+    public long NumInferenceSteps;
+    public double NoiseStrength;
+    public long BatchSize;
+    public ulong Seed;
+    public int Naive;
+}
+
 /// <summary>
 /// One declaration per exported function of <c>native/include/anomalysd.h</c>, same names and order.
 /// Every function except <see cref="asd_last_error"/> returns an <see cref="AsdStatus"/>; call them through
@@ -70,6 +81,32 @@ public static unsafe partial class NativeMethods
     public static partial AsdStatus asd_tensor_map_set_f32(TensorMapHandle map, string name, float* data, long* shape, int ndim, AsdDtype dtype);
     [LibraryImport(Library, StringMarshalling = StringMarshalling.Utf8)]
     public static partial AsdStatus asd_tensor_map_set_i64(TensorMapHandle map, string name, long* data, long* shape, int ndim);
+
+    [LibraryImport(Library, StringMarshalling = StringMarshalling.Utf8)]
+    public static partial AsdStatus asd_model_create_compact(ulong seed, string? device, out IntPtr model);
+    [LibraryImport(Library, StringMarshalling = StringMarshalling.Utf8)]
+    public static partial AsdStatus asd_model_load(string folder, string? device, AsdDtype dtype, out IntPtr model);
+    [LibraryImport(Library, StringMarshalling = StringMarshalling.Utf8)]
+    public static partial AsdStatus asd_model_save(ModelHandle model, string folder, string? metadataJson, IntPtr unetTrainer);
+    [LibraryImport(Library)] public static partial AsdStatus asd_model_info(ModelHandle model, out byte* json);
+    [LibraryImport(Library, StringMarshalling = StringMarshalling.Utf8)]
+    public static partial AsdStatus asd_model_set_category(ModelHandle model, string category, long* tokenIds, long numPrompts, long length);
+    [LibraryImport(Library)] public static partial AsdStatus asd_inpaint_options_default(out AsdInpaintOptions options);
+    [LibraryImport(Library, StringMarshalling = StringMarshalling.Utf8)]
+    public static partial AsdStatus asd_model_inpaint(ModelHandle model, string category, float* image, long height, long width,
+                                                      float* masks, long numMasks, in AsdInpaintOptions options, float* outImages);
+    [LibraryImport(Library)] public static partial AsdStatus asd_model_free(IntPtr model);
+
+    [LibraryImport(Library, StringMarshalling = StringMarshalling.Utf8)]
+    public static partial AsdStatus asd_trainer_create(ModelHandle model, string kind, string? optionsJson, out IntPtr trainer);
+    [LibraryImport(Library, StringMarshalling = StringMarshalling.Utf8)]
+    public static partial AsdStatus asd_trainer_add_category(TrainerHandle trainer, string category, float* images, float* foregrounds,
+                                                             long k, long height, long width, long* tokenIds, long numPrompts, long length);
+    [LibraryImport(Library)] public static partial AsdStatus asd_trainer_run(TrainerHandle trainer, long steps, out double meanLoss);
+    [LibraryImport(Library, StringMarshalling = StringMarshalling.Utf8)]
+    public static partial AsdStatus asd_trainer_resume(TrainerHandle trainer, string folder);
+    [LibraryImport(Library)] public static partial AsdStatus asd_trainer_steps(TrainerHandle trainer, out long steps);
+    [LibraryImport(Library)] public static partial AsdStatus asd_trainer_free(IntPtr trainer);
 
     /// <summary>A NUL-terminated UTF-8 string owned by the engine, copied into a managed string.</summary>
     public static string FromUtf8(byte* s) => s == null ? string.Empty : Marshal.PtrToStringUTF8((IntPtr)s) ?? string.Empty;

@@ -138,6 +138,83 @@ ASD_API asd_status asd_tensor_map_set_f32(asd_tensor_map* map, const char* name,
 ASD_API asd_status asd_tensor_map_set_i64(asd_tensor_map* map, const char* name, const int64_t* data,
                                           const int64_t* shape, int32_t ndim);
 
+/* ---------------------------------------------------------------- Stable Diffusion inpainting models */
+
+/** The inpainting model (UNet, VAE, text encoder, DDIM configuration) plus the host's checkpoint metadata and
+ *  the per-category prompt conditions. */
+typedef struct asd_model asd_model;
+typedef struct asd_trainer asd_trainer;
+
+/** The `compact` preset with fresh weights (seeded), for training from scratch. `device`: "cpu", "cuda",
+ *  "cuda:N" (ASD_ERR_UNSUPPORTED without CUDA). */
+ASD_API asd_status asd_model_create_compact(uint64_t seed, const char* device, asd_model** out_model);
+
+/** Loads a diffusers SD inpainting folder or an AnomalySD checkpoint (a folder with anomalysd.json), converting
+ *  weights to `dtype` (F32, F16 or BF16). Errors name the file, the key and the shapes (see the README). */
+ASD_API asd_status asd_model_load(const char* folder, const char* device, asd_dtype dtype, asd_model** out_model);
+
+/** Writes an AnomalySD checkpoint to `folder` (atomically: staged, then renamed). `metadata_json` (a JSON object,
+ *  may be NULL) is stored in anomalysd.json and returned by asd_model_info after loading. `unet_trainer` (may be
+ *  NULL): its optimizer state and step count are saved too, so asd_trainer_resume can continue training. */
+ASD_API asd_status asd_model_save(const asd_model* model, const char* folder, const char* metadata_json, const asd_trainer* unet_trainer);
+
+/** A JSON description: {"source", "device", "dtype", "latent_channels", "vae_scale_factor", "scaling_factor",
+ *  "parameters": {"unet", "vae", "text_encoder"}, "architecture_fingerprint", "metadata", "training"}.
+ *  Valid until the next call on this model. */
+ASD_API asd_status asd_model_info(asd_model* model, const char** out_json);
+
+/** Sets the condition of `category`: the mean of the text-encoder outputs of its `num_prompts` tokenised prompts
+ *  (`token_ids`, num_prompts x length int64, row-major), paper section 4.2. Computed once, reused for every image. */
+ASD_API asd_status asd_model_set_category(asd_model* model, const char* category, const int64_t* token_ids,
+                                          int64_t num_prompts, int64_t length);
+
+/** Options of asd_model_inpaint (a plain struct; zero-initialise and set what you need, or use
+ *  asd_inpaint_options_default). */
+typedef struct asd_inpaint_options {
+  int64_t num_inference_steps; /**< full DDIM schedule length, >= 1 (default 50) */
+  double noise_strength;       /**< λ in [0, 1] (default 0.4) */
+  int64_t batch_size;          /**< masks per UNet batch; 0 = from available memory */
+  uint64_t seed;               /**< mask i uses noise seeded seed + i */
+  int32_t naive;               /**< 1: one mask at a time, everything recomputed (benchmark baseline) */
+} asd_inpaint_options;
+
+ASD_API asd_status asd_inpaint_options_default(asd_inpaint_options* out_options);
+
+/** Inpaints `image` (3 x height x width floats in [-1, 1], planar RGB) under `num_masks` masks (num_masks x
+ *  height x width floats, 1 = inpaint) with the condition of `category` (asd_model_set_category). Writes
+ *  num_masks x 3 x height x width floats in [-1, 1] to `out_images`. The whole denoising loop runs in one call. */
+ASD_API asd_status asd_model_inpaint(asd_model* model, const char* category, const float* image, int64_t height, int64_t width,
+                                     const float* masks, int64_t num_masks, const asd_inpaint_options* options, float* out_images);
+
+ASD_API asd_status asd_model_free(asd_model* model);
+
+/* ---------------------------------------------------------------- fine-tuning */
+
+/** A trainer of `model` (which must outlive it). `kind`: "unet" (eq. 7-8), "decoder" (eq. 9-10: decoder only)
+ *  or "autoencoder" (encoder + decoder from scratch, for the compact preset). `options_json`: NULL or
+ *  {"batch_size": 8, "gradient_accumulation": 1, "learning_rate": 1e-4, "seed": 0, "beta": 0.1,
+ *   "iou_thresholds": [0, 0.2, 0.5], "augment": {"brightness": 0.1, "contrast": 0.1, "scale_min": 0.9,
+ *   "scale_max": 1.1, "rotation_degrees": 10}}. */
+ASD_API asd_status asd_trainer_create(asd_model* model, const char* kind, const char* options_json, asd_trainer** out_trainer);
+
+/** Adds the shots of one category: images k x 3 x height x width in [-1, 1]; foregrounds k x height x width
+ *  (m_f, 1 = foreground; NULL = whole image); token_ids num_prompts x length int64 (its prompt set T_c). */
+ASD_API asd_status asd_trainer_add_category(asd_trainer* trainer, const char* category, const float* images, const float* foregrounds,
+                                            int64_t k, int64_t height, int64_t width, const int64_t* token_ids, int64_t num_prompts,
+                                            int64_t length);
+
+/** Runs `steps` optimizer steps; the mean loss of those steps goes to `out_mean_loss` (may be NULL). */
+ASD_API asd_status asd_trainer_run(asd_trainer* trainer, int64_t steps, double* out_mean_loss);
+
+/** Continues a "unet" trainer from the optimizer state and step count saved in checkpoint `folder` (the
+ *  model must have been loaded from it). Call after adding the categories. */
+ASD_API asd_status asd_trainer_resume(asd_trainer* trainer, const char* folder);
+
+/** Optimizer steps done so far. */
+ASD_API asd_status asd_trainer_steps(const asd_trainer* trainer, int64_t* out_steps);
+
+ASD_API asd_status asd_trainer_free(asd_trainer* trainer);
+
 #ifdef __cplusplus
 } /* extern "C" */
 #endif

@@ -128,3 +128,67 @@ TEST(Finetune, DecoderOnlyLeavesEncoderFrozen) {
   EXPECT_TRUE(torch::equal(enc_before, c.vae->named_parameters()["encoder.conv_in.weight"]));
   EXPECT_FALSE(torch::equal(dec_before, c.vae->named_parameters()["decoder.conv_in.weight"]));
 }
+
+#include <filesystem>
+#include <fstream>
+
+#include "core/error.h"
+#include "pipeline/checkpoint.h"
+
+TEST(Checkpoint, RoundTripManifestAndAtomicReplace) {
+  asd::test::TempDir dir;
+  const std::string ckpt = (dir.path() / "model").string();
+  SdComponents c = compact_preset(9);
+  const nlohmann::json meta = {{"categories", {{{"name", "bottle"}, {"noise_strength", 0.4}}}}};
+  save_checkpoint(c, ckpt, meta, {{"unet_steps", 3}});
+  ASSERT_TRUE(is_checkpoint(ckpt));
+  const auto m = read_checkpoint_manifest(ckpt);
+  EXPECT_EQ(m["metadata"], meta);
+  EXPECT_EQ(m["training"]["unet_steps"], 3);
+  EXPECT_EQ(m["engine_version"], ANOMALYSD_VERSION);
+  check_architecture(m, architecture_fingerprint(c), ckpt);  // same architecture: no error
+  SdComponents loaded = load_diffusers_folder(ckpt);
+  EXPECT_EQ(architecture_fingerprint(loaded), architecture_fingerprint(c));
+
+  // A failing save (the extra-files hook throws) leaves the previous checkpoint intact and no staging dir.
+  EXPECT_THROW(save_checkpoint(c, ckpt, {{"x", 1}}, {}, [](const std::string&) { throw asd::Error(ASD_ERR_IO, "disk full"); }), asd::Error);
+  EXPECT_EQ(read_checkpoint_manifest(ckpt)["metadata"], meta);
+  EXPECT_EQ(std::distance(std::filesystem::directory_iterator(dir.path()), std::filesystem::directory_iterator()), 1);
+}
+
+TEST(Checkpoint, MismatchedOrIncompatibleCheckpointsFailClearly) {
+  asd::test::TempDir dir;
+  const std::string ckpt = (dir.path() / "model").string();
+  SdComponents c = compact_preset(9);
+  save_checkpoint(c, ckpt, nlohmann::json::object());
+  auto manifest = read_checkpoint_manifest(ckpt);
+  try {
+    check_architecture(manifest, "0123456789abcdef", ckpt);
+    FAIL();
+  } catch (const asd::Error& e) {
+    EXPECT_EQ(e.status(), ASD_ERR_UNSUPPORTED);
+    EXPECT_NE(std::string(e.what()).find("made for another architecture"), std::string::npos) << e.what();
+  }
+  // Another architecture really has another fingerprint.
+  SdComponents other = compact_preset(9);
+  other.unet_config["block_out_channels"] = {32, 64, 64};
+  EXPECT_NE(architecture_fingerprint(other), architecture_fingerprint(c));
+
+  manifest["format_version"] = 99;
+  std::ofstream(std::filesystem::path(ckpt) / "anomalysd.json") << manifest.dump();
+  try {
+    read_checkpoint_manifest(ckpt);
+    FAIL();
+  } catch (const asd::Error& e) {
+    EXPECT_EQ(e.status(), ASD_ERR_UNSUPPORTED);
+    EXPECT_NE(std::string(e.what()).find("format_version 99"), std::string::npos) << e.what();
+  }
+  std::ofstream(std::filesystem::path(ckpt) / "anomalysd.json") << "{ truncated";
+  try {
+    read_checkpoint_manifest(ckpt);
+    FAIL();
+  } catch (const asd::Error& e) {
+    EXPECT_EQ(e.status(), ASD_ERR_FORMAT);
+    EXPECT_NE(std::string(e.what()).find("anomalysd.json"), std::string::npos) << e.what();
+  }
+}

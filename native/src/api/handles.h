@@ -1,19 +1,49 @@
 // Definitions of the opaque handle types declared in anomalysd.h, and dtype conversions for the C API.
 #pragma once
 
+#include <map>
+#include <memory>
 #include <optional>
+
+#include <nlohmann/json.hpp>
 
 #include <torch/torch.h>
 
 #include "anomalysd.h"
 #include "core/live_objects.h"
 #include "io/tensor_map.h"
+#include "pipeline/finetune.h"
+#include "pipeline/sd_pipeline.h"
 
 struct asd_tensor_map : asd::CountedObject {
   asd::TensorMap map;
 };
 
+struct asd_model : asd::CountedObject {
+  asd::pipeline::SdComponents components;
+  nlohmann::json metadata = nlohmann::json::object();  ///< host metadata of the checkpoint it was loaded from
+  nlohmann::json training = nlohmann::json::object();  ///< training counters of that checkpoint
+  std::map<std::string, torch::Tensor> conditions;     ///< category -> averaged prompt embedding [1, L, D]
+  std::map<std::string, torch::Tensor> prompt_ids;     ///< category -> token ids [P, L] (the naive baseline re-encodes them)
+  std::string info_json;                               ///< storage for asd_model_info's string
+};
+
+struct asd_trainer : asd::CountedObject {
+  asd_model* model = nullptr;
+  std::string kind;  ///< "unet" | "decoder" | "autoencoder"
+  asd::pipeline::FinetuneOptions options;
+  double beta = 0.1;
+  std::vector<asd::pipeline::CategoryShots> data;
+  std::unique_ptr<asd::pipeline::UNetFinetuner> unet;
+  std::unique_ptr<asd::pipeline::DecoderFinetuner> decoder;
+  std::string resume_optimizer;  ///< optimizer file to load when the finetuner is built
+  int64_t resume_steps = 0;
+};
+
 namespace asd::api {
+
+/// "cpu", "cuda", "cuda:N" -> device; ASD_ERR_UNSUPPORTED when CUDA is asked for and not available.
+torch::Device parse_device(const char* device);
 
 /// asd_dtype -> torch type; ASD_DTYPE_AUTO -> nullopt; throws ASD_ERR_INVALID_ARGUMENT for unknown values.
 std::optional<torch::ScalarType> to_torch_dtype(asd_dtype dtype);

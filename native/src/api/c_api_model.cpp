@@ -1,0 +1,291 @@
+// C API: inpainting models, checkpoints, prompt conditions, batched inpainting, fine-tuning.
+#include <cstring>
+#include <filesystem>
+
+#include <nlohmann/json.hpp>
+
+#include "api/guard.h"
+#include "api/handles.h"
+#include "pipeline/checkpoint.h"
+#include "pipeline/inpaint.h"
+
+namespace asd::api {
+
+torch::Device parse_device(const char* device) {
+  const std::string d = device == nullptr || *device == '\0' ? "cpu" : device;
+  if (d == "cpu") return torch::kCPU;
+  if (d.rfind("cuda", 0) == 0) {
+    if (!torch::cuda::is_available()) throw_error(ASD_ERR_UNSUPPORTED, "device '" + d + "' requested but no CUDA device is available");
+    const int64_t index = d.size() > 5 && d[4] == ':' ? std::stoll(d.substr(5)) : 0;
+    if (index < 0 || index >= static_cast<int64_t>(torch::cuda::device_count())) {
+      throw_error(ASD_ERR_NOT_FOUND, "no CUDA device " + std::to_string(index));
+    }
+    return torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(index));
+  }
+  throw_error(ASD_ERR_INVALID_ARGUMENT, "unknown device '" + d + "' (use cpu, cuda or cuda:N)");
+}
+
+}  // namespace asd::api
+
+using asd::api::not_null;
+namespace pl = asd::pipeline;
+
+namespace {
+
+nlohmann::json parse_object(const char* json, const char* what) {
+  if (json == nullptr) return nlohmann::json::object();
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(json);
+  } catch (const nlohmann::json::exception& e) {
+    asd::throw_error(ASD_ERR_INVALID_ARGUMENT, std::string(what) + " is not valid JSON: " + e.what());
+  }
+  asd::require(j.is_object(), std::string(what) + " must be a JSON object");
+  return j;
+}
+
+torch::Tensor from_buffer(const float* data, std::vector<int64_t> shape, const char* what) {
+  not_null(data, what);
+  for (int64_t d : shape) asd::require(d > 0, std::string(what) + ": every dimension must be > 0");
+  return torch::from_blob(const_cast<float*>(data), shape, torch::kFloat32).clone();
+}
+
+torch::ScalarType model_dtype(asd_dtype dtype) {
+  const auto t = asd::api::to_torch_dtype(dtype == ASD_DTYPE_AUTO ? ASD_DTYPE_F32 : dtype);
+  asd::require(*t == torch::kFloat32 || *t == torch::kFloat16 || *t == torch::kBFloat16, "model dtype must be F32, F16 or BF16");
+  return *t;
+}
+
+pl::FinetuneOptions finetune_options(const nlohmann::json& j, double* beta) {
+  pl::FinetuneOptions o;
+  try {
+    o.batch_size = j.value("batch_size", o.batch_size);
+    o.gradient_accumulation = j.value("gradient_accumulation", o.gradient_accumulation);
+    o.learning_rate = j.value("learning_rate", o.learning_rate);
+    o.seed = j.value("seed", o.seed);
+    if (j.contains("iou_thresholds")) o.masks.gammas = j.at("iou_thresholds").get<std::vector<double>>();
+    *beta = j.value("beta", 0.1);
+    if (j.contains("augment")) {
+      const auto& a = j.at("augment");
+      o.augment.brightness = a.value("brightness", o.augment.brightness);
+      o.augment.contrast = a.value("contrast", o.augment.contrast);
+      o.augment.scale_min = a.value("scale_min", o.augment.scale_min);
+      o.augment.scale_max = a.value("scale_max", o.augment.scale_max);
+      o.augment.rotation_degrees = a.value("rotation_degrees", o.augment.rotation_degrees);
+    }
+  } catch (const nlohmann::json::exception& e) {
+    asd::throw_error(ASD_ERR_INVALID_ARGUMENT, std::string("trainer options: ") + e.what());
+  }
+  asd::require(o.batch_size >= 1 && o.gradient_accumulation >= 1 && o.learning_rate > 0, "trainer options: batch_size, gradient_accumulation >= 1 and learning_rate > 0 required");
+  return o;
+}
+
+std::string dtype_string(torch::ScalarType t) { return t == torch::kFloat16 ? "F16" : t == torch::kBFloat16 ? "BF16" : "F32"; }
+
+}  // namespace
+
+extern "C" {
+
+ASD_API asd_status asd_model_create_compact(uint64_t seed, const char* device, asd_model** out_model) {
+  return ASD_GUARD({
+    not_null(out_model, "out_model");
+    auto m = std::make_unique<asd_model>();
+    m->components = pl::compact_preset(seed);
+    m->components.to(asd::api::parse_device(device), torch::kFloat32);
+    *out_model = m.release();
+  });
+}
+
+ASD_API asd_status asd_model_load(const char* folder, const char* device, asd_dtype dtype, asd_model** out_model) {
+  return ASD_GUARD({
+    not_null(out_model, "out_model");
+    const std::string dir = not_null(folder, "folder");
+    auto m = std::make_unique<asd_model>();
+    nlohmann::json manifest;
+    if (pl::is_checkpoint(dir)) manifest = pl::read_checkpoint_manifest(dir);
+    m->components = pl::load_diffusers_folder(dir, model_dtype(dtype), asd::api::parse_device(device));
+    if (!manifest.is_null()) {
+      pl::check_architecture(manifest, pl::architecture_fingerprint(m->components), dir);
+      m->metadata = manifest.value("metadata", nlohmann::json::object());
+      m->training = manifest.value("training", nlohmann::json::object());
+      m->components.source = manifest.value("model_source", dir);
+    }
+    *out_model = m.release();
+  });
+}
+
+ASD_API asd_status asd_model_save(const asd_model* model, const char* folder, const char* metadata_json, const asd_trainer* unet_trainer) {
+  return ASD_GUARD({
+    not_null(model, "model");
+    const std::string dir = not_null(folder, "folder");
+    const nlohmann::json metadata = parse_object(metadata_json, "metadata_json");
+    nlohmann::json training = model->training;
+    if (unet_trainer != nullptr) {
+      asd::require(unet_trainer->model == model, "unet_trainer belongs to another model");
+      asd::require(unet_trainer->kind == "unet", "unet_trainer must be a \"unet\" trainer");
+      training["unet_steps"] = unet_trainer->unet ? unet_trainer->unet->steps_done() : unet_trainer->resume_steps;
+    }
+    pl::save_checkpoint(model->components, dir, metadata, training, [&](const std::string& staging) {
+      if (unet_trainer != nullptr && unet_trainer->unet) unet_trainer->unet->save_optimizer(staging + "/optimizer.pt");
+    });
+  });
+}
+
+ASD_API asd_status asd_model_info(asd_model* model, const char** out_json) {
+  return ASD_GUARD({
+    not_null(model, "model");
+    not_null(out_json, "out_json");
+    const pl::SdComponents& c = model->components;
+    const nlohmann::json info = {{"source", c.source},
+                                 {"device", c.device.str()},
+                                 {"dtype", dtype_string(c.dtype)},
+                                 {"latent_channels", c.latent_channels()},
+                                 {"vae_scale_factor", c.vae_scale_factor()},
+                                 {"scaling_factor", c.scaling_factor},
+                                 {"parameters",
+                                  {{"unet", pl::parameter_count(*c.unet)},
+                                   {"vae", pl::parameter_count(*c.vae)},
+                                   {"text_encoder", pl::parameter_count(*c.text_encoder)}}},
+                                 {"architecture_fingerprint", pl::architecture_fingerprint(c)},
+                                 {"categories", [&] {
+                                    std::vector<std::string> names;
+                                    for (const auto& kv : model->conditions) names.push_back(kv.first);
+                                    return names;
+                                  }()},
+                                 {"metadata", model->metadata},
+                                 {"training", model->training}};
+    model->info_json = info.dump();
+    *out_json = model->info_json.c_str();
+  });
+}
+
+ASD_API asd_status asd_model_set_category(asd_model* model, const char* category, const int64_t* token_ids, int64_t num_prompts,
+                                          int64_t length) {
+  return ASD_GUARD({
+    not_null(model, "model");
+    const std::string name = not_null(category, "category");
+    not_null(token_ids, "token_ids");
+    asd::require(num_prompts >= 1 && length >= 1, "num_prompts and length must be >= 1");
+    const torch::Tensor ids = torch::from_blob(const_cast<int64_t*>(token_ids), {num_prompts, length}, torch::kInt64).clone();
+    model->conditions[name] = pl::average_prompt_embedding(model->components, ids);
+    model->prompt_ids[name] = ids;
+  });
+}
+
+ASD_API asd_status asd_inpaint_options_default(asd_inpaint_options* out_options) {
+  return ASD_GUARD({
+    not_null(out_options, "out_options");
+    *out_options = asd_inpaint_options{50, 0.4, 0, 0, 0};
+  });
+}
+
+ASD_API asd_status asd_model_inpaint(asd_model* model, const char* category, const float* image, int64_t height, int64_t width,
+                                     const float* masks, int64_t num_masks, const asd_inpaint_options* options, float* out_images) {
+  return ASD_GUARD({
+    not_null(model, "model");
+    const std::string name = not_null(category, "category");
+    not_null(options, "options");
+    not_null(out_images, "out_images");
+    auto it = model->conditions.find(name);
+    if (it == model->conditions.end()) {
+      asd::throw_error(ASD_ERR_NOT_FOUND, "unknown category '" + name + "': call asd_model_set_category first");
+    }
+    const torch::Tensor x = from_buffer(image, {3, height, width}, "image");
+    const torch::Tensor m = from_buffer(masks, {num_masks, 1, height, width}, "masks");
+    pl::InpaintOptions o;
+    o.num_inference_steps = options->num_inference_steps;
+    o.noise_strength = options->noise_strength;
+    o.batch_size = options->batch_size;
+    o.seed = options->seed;
+    torch::Tensor out;
+    const torch::Tensor out = options->naive != 0
+                                  ? pl::inpaint_naive(model->components, x, m, model->prompt_ids.at(name), o)
+                                  : pl::inpaint(model->components, x, m, it->second, o);
+    std::memcpy(out_images, out.contiguous().data_ptr<float>(), static_cast<size_t>(out.numel()) * sizeof(float));
+  });
+}
+
+ASD_API asd_status asd_model_free(asd_model* model) {
+  return ASD_GUARD({ delete model; });
+}
+
+ASD_API asd_status asd_trainer_create(asd_model* model, const char* kind, const char* options_json, asd_trainer** out_trainer) {
+  return ASD_GUARD({
+    not_null(model, "model");
+    not_null(out_trainer, "out_trainer");
+    const std::string k = not_null(kind, "kind");
+    asd::require(k == "unet" || k == "decoder" || k == "autoencoder", "kind must be \"unet\", \"decoder\" or \"autoencoder\", got \"" + k + "\"");
+    auto t = std::make_unique<asd_trainer>();
+    t->model = model;
+    t->kind = k;
+    t->options = finetune_options(parse_object(options_json, "options_json"), &t->beta);
+    *out_trainer = t.release();
+  });
+}
+
+ASD_API asd_status asd_trainer_add_category(asd_trainer* trainer, const char* category, const float* images, const float* foregrounds,
+                                            int64_t k, int64_t height, int64_t width, const int64_t* token_ids, int64_t num_prompts,
+                                            int64_t length) {
+  return ASD_GUARD({
+    not_null(trainer, "trainer");
+    asd::require(!trainer->unet && !trainer->decoder, "categories must be added before the first asd_trainer_run");
+    pl::CategoryShots shots;
+    shots.name = not_null(category, "category");
+    shots.images = from_buffer(images, {k, 3, height, width}, "images");
+    shots.foregrounds = foregrounds == nullptr ? torch::ones({k, 1, height, width}) : from_buffer(foregrounds, {k, 1, height, width}, "foregrounds");
+    not_null(token_ids, "token_ids");
+    asd::require(num_prompts >= 1 && length >= 1, "num_prompts and length must be >= 1");
+    shots.prompt_ids = torch::from_blob(const_cast<int64_t*>(token_ids), {num_prompts, length}, torch::kInt64).clone();
+    trainer->data.push_back(std::move(shots));
+  });
+}
+
+ASD_API asd_status asd_trainer_resume(asd_trainer* trainer, const char* folder) {
+  return ASD_GUARD({
+    not_null(trainer, "trainer");
+    const std::string dir = not_null(folder, "folder");
+    asd::require(trainer->kind == "unet", "only \"unet\" trainers resume");
+    const nlohmann::json manifest = pl::read_checkpoint_manifest(dir);
+    pl::check_architecture(manifest, pl::architecture_fingerprint(trainer->model->components), dir);
+    const std::string optimizer = (std::filesystem::path(dir) / "optimizer.pt").string();
+    if (!std::filesystem::exists(optimizer)) asd::throw_error(ASD_ERR_IO, "checkpoint '" + dir + "' has no optimizer.pt to resume from");
+    trainer->resume_optimizer = optimizer;
+    trainer->resume_steps = manifest.value("training", nlohmann::json::object()).value("unet_steps", int64_t{0});
+    if (trainer->unet) trainer->unet->load_optimizer(optimizer, trainer->resume_steps);
+  });
+}
+
+ASD_API asd_status asd_trainer_run(asd_trainer* trainer, int64_t steps, double* out_mean_loss) {
+  return ASD_GUARD({
+    not_null(trainer, "trainer");
+    asd::require(steps >= 0, "steps must be >= 0");
+    asd::require(!trainer->data.empty(), "add at least one category before running the trainer");
+    pl::SdComponents& c = trainer->model->components;
+    if (trainer->kind == "unet" && !trainer->unet) {
+      trainer->unet = std::make_unique<pl::UNetFinetuner>(c, trainer->data, trainer->options);
+      if (!trainer->resume_optimizer.empty()) trainer->unet->load_optimizer(trainer->resume_optimizer, trainer->resume_steps);
+    }
+    if (trainer->kind != "unet" && !trainer->decoder) {
+      // The perceptual term needs a backbone; until one is attached the decoder trains on MSE alone (beta ignored).
+      trainer->decoder = std::make_unique<pl::DecoderFinetuner>(c, trainer->data, trainer->options, pl::PerceptualLoss{}, trainer->beta,
+                                                                trainer->kind == "autoencoder");
+    }
+    double total = 0;
+    for (int64_t i = 0; i < steps; ++i) total += trainer->unet ? trainer->unet->step() : trainer->decoder->step();
+    if (trainer->kind == "autoencoder" && steps > 0) c.scaling_factor = pl::latent_scaling_factor(c, trainer->data);
+    if (out_mean_loss != nullptr) *out_mean_loss = steps > 0 ? total / static_cast<double>(steps) : 0.0;
+  });
+}
+
+ASD_API asd_status asd_trainer_steps(const asd_trainer* trainer, int64_t* out_steps) {
+  return ASD_GUARD({
+    not_null(trainer, "trainer");
+    *not_null(out_steps, "out_steps") = trainer->unet ? trainer->unet->steps_done() : trainer->decoder ? trainer->decoder->steps_done() : trainer->resume_steps;
+  });
+}
+
+ASD_API asd_status asd_trainer_free(asd_trainer* trainer) {
+  return ASD_GUARD({ delete trainer; });
+}
+
+}  // extern "C"

@@ -1,0 +1,198 @@
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using AnomalySD.Data;
+using AnomalySD.Native;
+
+namespace AnomalySD.Engine;
+
+/// <summary>Options of one inpainting call (paper section 4.2), validated by the engine.</summary>
+/// <param name="NumInferenceSteps">Length of the full DDIM schedule (paper: 50), &gt;= 1.</param>
+/// <param name="NoiseStrength">λ in [0, 1]: the fraction of the schedule re-noised and denoised (paper: 0.4).</param>
+/// <param name="BatchSize">Masks per UNet batch; 0 = chosen from the memory available.</param>
+/// <param name="Seed">Mask i uses noise seeded Seed + i.</param>
+/// <param name="Naive">One mask at a time with everything recomputed (the benchmark's baseline).</param>
+public sealed record InpaintOptions(int NumInferenceSteps = 50, double NoiseStrength = 0.4, int BatchSize = 0, ulong Seed = 0, bool Naive = false);
+
+/// <summary>
+/// The Stable Diffusion inpainting model held by the engine: a diffusers folder, an AnomalySD checkpoint, or the
+/// <c>compact</c> preset. Category conditions (averaged prompt embeddings) are set once and reused per image.
+/// </summary>
+public sealed class InpaintingModel : IDisposable
+{
+    internal ModelHandle Handle { get; }
+
+    private InpaintingModel(ModelHandle handle) => Handle = handle;
+
+    /// <summary>The compact preset with fresh weights. <paramref name="device"/>: "cpu", "cuda" or "cuda:N".</summary>
+    public static InpaintingModel CreateCompact(ulong seed, string device = "cpu")
+    {
+        AsdException.Check(NativeMethods.asd_model_create_compact(seed, device, out IntPtr p));
+        return new InpaintingModel(AsdHandle.Wrap<ModelHandle>(p));
+    }
+
+    /// <summary>Loads a diffusers SD inpainting folder or an AnomalySD checkpoint.</summary>
+    /// <exception cref="AsdIOException">missing files.</exception>
+    /// <exception cref="AsdFormatException">corrupt files or mismatched shapes (key, expected and found shape in the message).</exception>
+    /// <exception cref="AsdUnsupportedException">unsupported config values, another architecture or an incompatible checkpoint version.</exception>
+    public static InpaintingModel Load(string folder, string device = "cpu", AsdDtype dtype = AsdDtype.F32)
+    {
+        AsdException.Check(NativeMethods.asd_model_load(folder, device, dtype, out IntPtr p));
+        return new InpaintingModel(AsdHandle.Wrap<ModelHandle>(p));
+    }
+
+    /// <summary>Writes an AnomalySD checkpoint (atomically). <paramref name="metadata"/> is stored and comes back in
+    /// <see cref="Info"/>()["metadata"]; with <paramref name="unetTrainer"/> the optimizer state is saved for resuming.</summary>
+    public void Save(string folder, JsonObject? metadata = null, ModelTrainer? unetTrainer = null)
+    {
+        bool added = false;
+        try
+        {
+            IntPtr trainer = IntPtr.Zero;
+            if (unetTrainer is not null)
+            {
+                unetTrainer.Handle.DangerousAddRef(ref added);
+                trainer = unetTrainer.Handle.DangerousGetHandle();
+            }
+            AsdException.Check(NativeMethods.asd_model_save(Handle, folder, metadata?.ToJsonString(), trainer));
+        }
+        finally
+        {
+            if (added) unetTrainer!.Handle.DangerousRelease();
+        }
+    }
+
+    /// <summary>Source, device, dtype, latent geometry, parameter counts, fingerprint, metadata and training counters.</summary>
+    public unsafe JsonObject Info()
+    {
+        AsdException.Check(NativeMethods.asd_model_info(Handle, out byte* json));
+        return JsonNode.Parse(NativeMethods.FromUtf8(json))!.AsObject();
+    }
+
+    /// <summary>Sets the condition of <paramref name="category"/> from its tokenised prompts
+    /// (row-major [prompts, length] ids): the mean of their text embeddings (section 4.2).</summary>
+    public unsafe void SetCategory(string category, long[] tokenIds, int length)
+    {
+        if (length <= 0 || tokenIds.Length == 0 || tokenIds.Length % length != 0)
+            throw new ArgumentException($"category '{category}': {tokenIds.Length} token ids is not a whole number of rows of {length}");
+        fixed (long* ids = tokenIds)
+            AsdException.Check(NativeMethods.asd_model_set_category(Handle, category, ids, tokenIds.Length / length, length));
+    }
+
+    /// <summary>
+    /// Inpaints <paramref name="image"/> (RGB in [0, 1]) under every mask, in one native call. Returns the inpaintings as
+    /// RGB images in [0, 1], one per mask, in mask order.
+    /// </summary>
+    public unsafe IReadOnlyList<RgbImage> Inpaint(string category, RgbImage image, IReadOnlyList<BinaryMask> masks, InpaintOptions options)
+    {
+        int h = image.Height, w = image.Width, plane = h * w;
+        var x = new float[3 * plane];
+        for (int i = 0; i < x.Length; i++) x[i] = image.Data[i] * 2f - 1f;
+        var m = new float[masks.Count * plane];
+        for (int k = 0; k < masks.Count; k++)
+        {
+            if (masks[k].Width != w || masks[k].Height != h)
+                throw new ArgumentException($"mask {k} is {masks[k].Width}x{masks[k].Height}, the image is {w}x{h}");
+            for (int i = 0; i < plane; i++) m[k * plane + i] = masks[k].Data[i];
+        }
+        var outData = new float[masks.Count * 3 * plane];
+        var native = new AsdInpaintOptions
+        {
+            NumInferenceSteps = options.NumInferenceSteps, NoiseStrength = options.NoiseStrength, BatchSize = options.BatchSize,
+            Seed = options.Seed, Naive = options.Naive ? 1 : 0,
+        };
+        fixed (float* px = x, pm = m, po = outData)
+            AsdException.Check(NativeMethods.asd_model_inpaint(Handle, category, px, h, w, pm, masks.Count, native, po));
+        var result = new List<RgbImage>(masks.Count);
+        for (int k = 0; k < masks.Count; k++)
+        {
+            var d = new float[3 * plane];
+            for (int i = 0; i < d.Length; i++) d[i] = (outData[k * 3 * plane + i] + 1f) * 0.5f;
+            result.Add(new RgbImage(w, h, d));
+        }
+        return result;
+    }
+
+    public void Dispose() => Handle.Dispose();
+}
+
+/// <summary>What a <see cref="ModelTrainer"/> trains.</summary>
+public enum TrainerKind
+{
+    /// <summary>The denoising UNet (eq. 7-8).</summary>
+    Unet,
+    /// <summary>The VAE decoder (eq. 9-10).</summary>
+    Decoder,
+    /// <summary>Encoder and decoder from scratch (compact preset only).</summary>
+    Autoencoder,
+}
+
+/// <summary>Fine-tuning options (section 5.1 defaults).</summary>
+public sealed record TrainerOptions(int BatchSize = 8, int GradientAccumulation = 1, double LearningRate = 1e-4, ulong Seed = 0, double Beta = 0.1,
+                                    double[]? IouThresholds = null)
+{
+    public string ToJson() => JsonSerializer.Serialize(new Dictionary<string, object>
+    {
+        ["batch_size"] = BatchSize, ["gradient_accumulation"] = GradientAccumulation, ["learning_rate"] = LearningRate,
+        ["seed"] = Seed, ["beta"] = Beta, ["iou_thresholds"] = IouThresholds ?? [0.0, 0.2, 0.5],
+    });
+}
+
+/// <summary>Fine-tunes an <see cref="InpaintingModel"/> on the few shots of every category (one model for all).</summary>
+public sealed class ModelTrainer : IDisposable
+{
+    internal TrainerHandle Handle { get; }
+    private readonly InpaintingModel _model; // kept alive: the native trainer points at it
+
+    private ModelTrainer(TrainerHandle handle, InpaintingModel model) { Handle = handle; _model = model; }
+
+    public static ModelTrainer Create(InpaintingModel model, TrainerKind kind, TrainerOptions options)
+    {
+        AsdException.Check(NativeMethods.asd_trainer_create(model.Handle, kind.ToString().ToLowerInvariant(), options.ToJson(), out IntPtr p));
+        return new ModelTrainer(AsdHandle.Wrap<TrainerHandle>(p), model);
+    }
+
+    /// <summary>Adds the shots (RGB in [0, 1], one size), their foreground masks (null = whole image) and the
+    /// category's tokenised prompt set (row-major [prompts, length]).</summary>
+    public unsafe void AddCategory(string category, IReadOnlyList<RgbImage> shots, IReadOnlyList<BinaryMask>? foregrounds, long[] tokenIds, int length)
+    {
+        if (shots.Count == 0) throw new ArgumentException($"category '{category}' has no shots");
+        int h = shots[0].Height, w = shots[0].Width, plane = h * w;
+        var images = new float[shots.Count * 3 * plane];
+        for (int k = 0; k < shots.Count; k++)
+        {
+            if (shots[k].Width != w || shots[k].Height != h) throw new ArgumentException($"category '{category}': shots differ in size");
+            for (int i = 0; i < 3 * plane; i++) images[k * 3 * plane + i] = shots[k].Data[i] * 2f - 1f;
+        }
+        float[]? fg = null;
+        if (foregrounds is not null)
+        {
+            fg = new float[shots.Count * plane];
+            for (int k = 0; k < shots.Count; k++)
+                for (int i = 0; i < plane; i++) fg[k * plane + i] = foregrounds[k].Data[i];
+        }
+        fixed (float* pi = images, pf = fg)
+        fixed (long* ids = tokenIds)
+            AsdException.Check(NativeMethods.asd_trainer_add_category(Handle, category, pi, pf, shots.Count, h, w, ids, tokenIds.Length / length, length));
+    }
+
+    /// <summary>Runs <paramref name="steps"/> optimizer steps; returns their mean loss.</summary>
+    public double Run(int steps)
+    {
+        AsdException.Check(NativeMethods.asd_trainer_run(Handle, steps, out double loss));
+        return loss;
+    }
+
+    /// <summary>Continues from the optimizer state and step count saved in a checkpoint (UNet trainers).</summary>
+    public void Resume(string checkpointFolder) => AsdException.Check(NativeMethods.asd_trainer_resume(Handle, checkpointFolder));
+
+    public long Steps
+    {
+        get
+        {
+            AsdException.Check(NativeMethods.asd_trainer_steps(Handle, out long s));
+            return s;
+        }
+    }
+
+    public void Dispose() => Handle.Dispose();
+}
