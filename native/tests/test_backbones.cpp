@@ -158,6 +158,7 @@ TEST(Backbone, LoadResNet18ReadsPaddingAndPreprocessFromMetadata) {
   const std::string path = (dir.path() / "resnet18.safetensors").string();
   asd::TensorMap sd = asd::state_dict(*net);
   sd.set("fc.weight", torch::randn({1000, 512}));  // torchvision's classifier: ignored
+  sd.set("bn1.num_batches_tracked", torch::tensor(int64_t{0}));  // torchvision BN bookkeeping: ignored
   asd::safetensors::save(path, sd, asd::resnet18_metadata(*net));
   asd::ResNet18 back = asd::load_resnet18(path);  // defaults say torchvision/imagenet; the file overrides
   EXPECT_EQ(back->padding(), asd::ResNetPadding::onnx_export);

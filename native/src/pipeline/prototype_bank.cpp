@@ -39,8 +39,13 @@ torch::Tensor min_squared_distance(const torch::Tensor& queries, const torch::Te
   require(bank.size(0) > 0, "min_squared_distance: the bank is empty");
   require(chunk_rows >= 1, "min_squared_distance: chunk_rows must be >= 1");
   torch::NoGradGuard no_grad;
-  const torch::Tensor b = bank.to(torch::kFloat32).contiguous();
-  const torch::Tensor q = queries.to(b.device(), torch::kFloat32).contiguous();
+  // Distances are translation invariant: centring both sets on the bank mean shrinks the norms (ReLU
+  // features have a large common positive component) and with them the float32 cancellation error of
+  // ||q||^2 - 2 q.b + ||b||^2.
+  const torch::Tensor b_raw = bank.to(torch::kFloat32);
+  const torch::Tensor mean = b_raw.mean(0, /*keepdim=*/true);
+  const torch::Tensor b = (b_raw - mean).contiguous();
+  const torch::Tensor q = (queries.to(b.device(), torch::kFloat32) - mean).contiguous();
   const torch::Tensor b_norm = b.pow(2).sum(1).unsqueeze(0);  // [1, N]
   const torch::Tensor bt = b.t();                             // [C, N] view
   const int64_t rows = q.size(0);

@@ -35,10 +35,12 @@ constexpr int64_t kDefaultMaxChunkBytes = int64_t{256} << 20;
 /// than max_bytes/4 bank rows a single row exceeds the bound).
 int64_t chunk_rows_for(int64_t bank_rows, int64_t max_bytes = kDefaultMaxChunkBytes);
 
-/// For each query row q_i ([M,C]) the minimum over bank rows b_j ([N,C]) of ||q_i - b_j||^2, computed as
-/// min_j(||b_j||^2 - 2 q_i.b_j) + ||q_i||^2 with one matmul per chunk of `chunk_rows` query rows, clamped
-/// at 0 (float32 cancellation can give tiny negatives). Returns [M] float32 on the bank's device.
-/// Peak extra memory: chunk_rows * N * 4 bytes (the distance block) + O(M + N).
+/// For each query row q_i ([M,C]) the minimum over bank rows b_j ([N,C]) of ||q_i - b_j||^2 (eq. 14),
+/// computed after centring both on the bank mean m as min_j(||b_j-m||^2 - 2 (q_i-m).(b_j-m)) + ||q_i-m||^2
+/// with one float32 matmul per chunk of `chunk_rows` query rows, clamped at 0 (cancellation can give tiny
+/// negatives; the absolute error scales with float32 epsilon x (||q_i-m||^2 + ||b_j-m||^2)). Returns [M] float32 on the
+/// bank's device. Peak extra memory: chunk_rows * N * 4 bytes (the distance block) + the centred copies
+/// (N + M) * C * 4 bytes + O(M + N).
 /// ASD_ERR_INVALID_ARGUMENT if the channel counts differ, the bank is empty or chunk_rows < 1.
 torch::Tensor min_squared_distance(const torch::Tensor& queries, const torch::Tensor& bank, int64_t chunk_rows);
 
