@@ -64,6 +64,8 @@ public static unsafe partial class NativeMethods
     [LibraryImport(Library)] public static partial AsdStatus asd_set_num_threads(int threads);
     [LibraryImport(Library)] public static partial AsdStatus asd_manual_seed(ulong seed);
     [LibraryImport(Library)] public static partial AsdStatus asd_live_objects(out long count);
+    [LibraryImport(Library, StringMarshalling = StringMarshalling.Utf8)] public static partial AsdStatus asd_peak_memory_reset(string device);
+    [LibraryImport(Library, StringMarshalling = StringMarshalling.Utf8)] public static partial AsdStatus asd_peak_memory(string device, out long bytes);
 
     [LibraryImport(Library)] public static partial AsdStatus asd_tensor_map_create(out IntPtr map);
     [LibraryImport(Library, StringMarshalling = StringMarshalling.Utf8)]
@@ -85,6 +87,8 @@ public static unsafe partial class NativeMethods
     [LibraryImport(Library, StringMarshalling = StringMarshalling.Utf8)]
     public static partial AsdStatus asd_model_create_compact(ulong seed, string? device, out IntPtr model);
     [LibraryImport(Library, StringMarshalling = StringMarshalling.Utf8)]
+    public static partial AsdStatus asd_model_create_preset(string name, ulong seed, string? device, AsdDtype dtype, out IntPtr model);
+    [LibraryImport(Library, StringMarshalling = StringMarshalling.Utf8)]
     public static partial AsdStatus asd_model_load(string folder, string? device, AsdDtype dtype, out IntPtr model);
     [LibraryImport(Library, StringMarshalling = StringMarshalling.Utf8)]
     public static partial AsdStatus asd_model_save(ModelHandle model, string folder, string? metadataJson, IntPtr unetTrainer);
@@ -95,6 +99,17 @@ public static unsafe partial class NativeMethods
     [LibraryImport(Library, StringMarshalling = StringMarshalling.Utf8)]
     public static partial AsdStatus asd_model_inpaint(ModelHandle model, string category, float* image, long height, long width,
                                                       float* masks, long numMasks, in AsdInpaintOptions options, float* outImages);
+    [LibraryImport(Library, StringMarshalling = StringMarshalling.Utf8)]
+    public static partial AsdStatus asd_model_set_scoring(ModelHandle model, string optionsJson);
+    [LibraryImport(Library, StringMarshalling = StringMarshalling.Utf8)]
+    public static partial AsdStatus asd_model_add_prototypes(ModelHandle model, string category, float* images, long k, long height, long width);
+    [LibraryImport(Library, StringMarshalling = StringMarshalling.Utf8)]
+    public static partial AsdStatus asd_model_error_map(ModelHandle model, string category, float* image, long height, long width,
+                                                        float* outMap, long capacity, out long outHeight, out long outWidth);
+    [LibraryImport(Library, StringMarshalling = StringMarshalling.Utf8)]
+    public static partial AsdStatus asd_model_inpaint_distances(ModelHandle model, string category, float* image, long height, long width,
+                                                                float* masks, long numMasks, in AsdInpaintOptions options,
+                                                                float* outDistances, float* outImages);
     [LibraryImport(Library)] public static partial AsdStatus asd_model_free(IntPtr model);
 
     [LibraryImport(Library, StringMarshalling = StringMarshalling.Utf8)]

@@ -90,6 +90,12 @@ ASD_API asd_status asd_set_num_threads(int32_t threads);
 /** Seeds libtorch's CPU and CUDA generators (same seed + same inputs -> same outputs on CPU). */
 ASD_API asd_status asd_manual_seed(uint64_t seed);
 
+/** Peak memory accounting for benchmarks. `device` "cpu": the process's peak resident set (Linux VmHWM; the reset
+ *  writes /proc/self/clear_refs); "cuda[:N]": the CUDA caching allocator's peak allocated bytes on that device.
+ *  ASD_ERR_UNSUPPORTED where the platform gives no such figure. */
+ASD_API asd_status asd_peak_memory_reset(const char* device);
+ASD_API asd_status asd_peak_memory(const char* device, int64_t* out_bytes);
+
 /** Number of engine objects created and not yet freed (all types), for leak tests. */
 ASD_API asd_status asd_live_objects(int64_t* out_count);
 
@@ -149,6 +155,10 @@ typedef struct asd_trainer asd_trainer;
  *  "cuda:N" (ASD_ERR_UNSUPPORTED without CUDA). */
 ASD_API asd_status asd_model_create_compact(uint64_t seed, const char* device, asd_model** out_model);
 
+/** A preset architecture with fresh random weights: "compact" (as asd_model_create_compact) or "sd2-inpainting"
+ *  (the Stable Diffusion 2 inpainting architecture, for timing without a checkpoint), in `dtype` (F32/F16/BF16). */
+ASD_API asd_status asd_model_create_preset(const char* name, uint64_t seed, const char* device, asd_dtype dtype, asd_model** out_model);
+
 /** Loads a diffusers SD inpainting folder or an AnomalySD checkpoint (a folder with anomalysd.json), converting
  *  weights to `dtype` (F32, F16 or BF16). Errors name the file, the key and the shapes (see the README). */
 ASD_API asd_status asd_model_load(const char* folder, const char* device, asd_dtype dtype, asd_model** out_model);
@@ -185,6 +195,33 @@ ASD_API asd_status asd_inpaint_options_default(asd_inpaint_options* out_options)
  *  num_masks x 3 x height x width floats in [-1, 1] to `out_images`. The whole denoising loop runs in one call. */
 ASD_API asd_status asd_model_inpaint(asd_model* model, const char* category, const float* image, int64_t height, int64_t width,
                                      const float* masks, int64_t num_masks, const asd_inpaint_options* options, float* out_images);
+
+/* ---------------------------------------------------------------- scoring: backbones, prototype banks, distances */
+
+/** Configures the backbones used for scoring. `options_json`: {"resnet18": "<path>" (torchvision-named
+ *  safetensors; prototype features eq. 12 and the offline distance), "distance": "resnet18_uniform" (default) or
+ *  "lpips_alex", "alexnet": "<path>" and "lpips": "<path>" (both required for lpips_alex: torchvision AlexNet and
+ *  LPIPS v0.1 linear weights), "rotations": [0, 90, 180, 270] (eq. 13 augmentation)}. A checkpoint's prototype
+ *  banks are kept. */
+ASD_API asd_status asd_model_set_scoring(asd_model* model, const char* options_json);
+
+/** Adds the k shots (k x 3 x height x width in [-1, 1]) of `category` to its prototype bank, each under every
+ *  configured rotation (eq. 13). Banks are saved with the checkpoint. */
+ASD_API asd_status asd_model_add_prototypes(asd_model* model, const char* category, const float* images, int64_t k, int64_t height,
+                                            int64_t width);
+
+/** The error map E (eq. 14) of `image` (3 x height x width in [-1, 1]) against the bank of `category`, written to
+ *  `out_map` (capacity floats; out_height x out_width are the feature-map size, 1/8 of the image for ResNet18).
+ *  Call with out_map NULL to query the size. */
+ASD_API asd_status asd_model_error_map(asd_model* model, const char* category, const float* image, int64_t height, int64_t width,
+                                       float* out_map, int64_t capacity, int64_t* out_height, int64_t* out_width);
+
+/** Inpaints `image` under all masks (as asd_model_inpaint) and writes the perceptual distance maps D(x, x̂_i) of
+ *  eq. 16-17 (num_masks x height x width floats) to `out_distances`; `out_images` (may be NULL) receives the
+ *  inpaintings (num_masks x 3 x height x width, [-1, 1]). One native call per image. */
+ASD_API asd_status asd_model_inpaint_distances(asd_model* model, const char* category, const float* image, int64_t height,
+                                               int64_t width, const float* masks, int64_t num_masks, const asd_inpaint_options* options,
+                                               float* out_distances, float* out_images);
 
 ASD_API asd_status asd_model_free(asd_model* model);
 

@@ -474,6 +474,13 @@ public static class ResNet18Converter
         m.Metadata["preprocess.mean_order"] = order;
         m.Metadata["preprocess.mean_kind"] = maxDev == 0 ? "per-channel" : "image";
         m.Metadata["preprocess.mean_max_deviation_from_channel_mean"] = maxDev.ToString("R", CultureInfo.InvariantCulture);
+        // The keys the engine's load_resnet18 reads (native/src/models/backbones.h, ImagePreprocess::to_metadata):
+        // channel order of the network input, x = (pixel(0..1) * scale - mean) / std per channel, padding mode.
+        m.Metadata["padding"] = "onnx_export";
+        m.Metadata["preprocess.channel_order"] = order.ToLowerInvariant();
+        m.Metadata["preprocess.scale"] = "255";
+        m.Metadata["preprocess.mean"] = m.Metadata["preprocess.mean_per_channel"];
+        m.Metadata["preprocess.std"] = "1,1,1";
     }
 
     // ---------------------------------------------------------------- helpers

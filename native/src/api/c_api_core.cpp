@@ -3,8 +3,11 @@
 
 #include <torch/torch.h>
 #include <torch/version.h>
+#include <fstream>
+#include <string>
 #ifdef ANOMALYSD_WITH_CUDA
 #include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDACachingAllocator.h>
 #endif
 
 #include "anomalysd.h"
@@ -96,6 +99,57 @@ ASD_API asd_status asd_set_num_threads(int32_t threads) {
 
 ASD_API asd_status asd_manual_seed(uint64_t seed) {
   return ASD_GUARD({ torch::manual_seed(seed); });
+}
+
+namespace {
+bool is_cuda_device(const char* device) { return device != nullptr && std::string(device).rfind("cuda", 0) == 0; }
+int cuda_index(const char* device) {
+  const std::string d(device);
+  return d.size() > 5 && d[4] == ':' ? std::stoi(d.substr(5)) : 0;
+}
+}  // namespace
+
+ASD_API asd_status asd_peak_memory_reset(const char* device) {
+  return ASD_GUARD({
+    if (is_cuda_device(device)) {
+#ifdef ANOMALYSD_WITH_CUDA
+      c10::cuda::CUDACachingAllocator::resetPeakStats(cuda_index(device));
+      return;
+#else
+      asd::throw_error(ASD_ERR_UNSUPPORTED, "this build has no CUDA support");
+#endif
+    }
+    std::ofstream clear("/proc/self/clear_refs");
+    if (!clear) asd::throw_error(ASD_ERR_UNSUPPORTED, "cannot reset the peak resident set on this platform");
+    clear << "5";
+  });
+}
+
+ASD_API asd_status asd_peak_memory(const char* device, int64_t* out_bytes) {
+  return ASD_GUARD({
+    not_null(out_bytes, "out_bytes");
+    if (is_cuda_device(device)) {
+#ifdef ANOMALYSD_WITH_CUDA
+      const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(cuda_index(device));
+      *out_bytes = stats.allocated_bytes[0].peak;  // StatType::AGGREGATE
+      return;
+#else
+      asd::throw_error(ASD_ERR_UNSUPPORTED, "this build has no CUDA support");
+#endif
+    }
+    std::ifstream status("/proc/self/status");
+    std::string key;
+    while (status >> key) {
+      if (key == "VmHWM:") {
+        int64_t kb = 0;
+        status >> kb;
+        *out_bytes = kb * 1024;
+        return;
+      }
+      std::getline(status, key);
+    }
+    asd::throw_error(ASD_ERR_UNSUPPORTED, "no peak resident set (VmHWM) on this platform");
+  });
 }
 
 ASD_API asd_status asd_live_objects(int64_t* out_count) {

@@ -25,6 +25,15 @@ torch::Device parse_device(const char* device) {
   throw_error(ASD_ERR_INVALID_ARGUMENT, "unknown device '" + d + "' (use cpu, cuda or cuda:N)");
 }
 
+pipeline::InpaintOptions to_inpaint_options(const asd_inpaint_options& options) {
+  pipeline::InpaintOptions o;
+  o.num_inference_steps = options.num_inference_steps;
+  o.noise_strength = options.noise_strength;
+  o.batch_size = options.batch_size;
+  o.seed = options.seed;
+  return o;
+}
+
 }  // namespace asd::api
 
 using asd::api::not_null;
@@ -96,6 +105,23 @@ ASD_API asd_status asd_model_create_compact(uint64_t seed, const char* device, a
   });
 }
 
+ASD_API asd_status asd_model_create_preset(const char* name, uint64_t seed, const char* device, asd_dtype dtype, asd_model** out_model) {
+  return ASD_GUARD({
+    not_null(out_model, "out_model");
+    const std::string preset = not_null(name, "name");
+    auto m = std::make_unique<asd_model>();
+    if (preset == "compact") {
+      m->components = pl::compact_preset(seed);
+    } else if (preset == "sd2-inpainting") {
+      m->components = pl::sd2_inpainting_random(seed);
+    } else {
+      asd::throw_error(ASD_ERR_NOT_FOUND, "unknown preset '" + preset + "' (compact, sd2-inpainting)");
+    }
+    m->components.to(asd::api::parse_device(device), model_dtype(dtype));
+    *out_model = m.release();
+  });
+}
+
 ASD_API asd_status asd_model_load(const char* folder, const char* device, asd_dtype dtype, asd_model** out_model) {
   return ASD_GUARD({
     not_null(out_model, "out_model");
@@ -109,6 +135,11 @@ ASD_API asd_status asd_model_load(const char* folder, const char* device, asd_dt
       m->metadata = manifest.value("metadata", nlohmann::json::object());
       m->training = manifest.value("training", nlohmann::json::object());
       m->components.source = manifest.value("model_source", dir);
+      const std::string banks = (std::filesystem::path(dir) / "prototype_banks.safetensors").string();
+      if (std::filesystem::exists(banks)) {
+        m->bank = std::make_unique<asd::PrototypeBank>(asd::PrototypeBank::load(banks, m->components.device));
+        m->rotations = m->bank->options().rotations_deg;
+      }
     }
     *out_model = m.release();
   });
@@ -127,6 +158,7 @@ ASD_API asd_status asd_model_save(const asd_model* model, const char* folder, co
     }
     pl::save_checkpoint(model->components, dir, metadata, training, [&](const std::string& staging) {
       if (unet_trainer != nullptr && unet_trainer->unet) unet_trainer->unet->save_optimizer(staging + "/optimizer.pt");
+      if (model->bank && !model->bank->categories().empty()) model->bank->save(staging + "/prototype_banks.safetensors");
     });
   });
 }
@@ -192,12 +224,7 @@ ASD_API asd_status asd_model_inpaint(asd_model* model, const char* category, con
     }
     const torch::Tensor x = from_buffer(image, {3, height, width}, "image");
     const torch::Tensor m = from_buffer(masks, {num_masks, 1, height, width}, "masks");
-    pl::InpaintOptions o;
-    o.num_inference_steps = options->num_inference_steps;
-    o.noise_strength = options->noise_strength;
-    o.batch_size = options->batch_size;
-    o.seed = options->seed;
-    torch::Tensor out;
+    const pl::InpaintOptions o = asd::api::to_inpaint_options(*options);
     const torch::Tensor out = options->naive != 0
                                   ? pl::inpaint_naive(model->components, x, m, model->prompt_ids.at(name), o)
                                   : pl::inpaint(model->components, x, m, it->second, o);

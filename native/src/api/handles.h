@@ -12,7 +12,10 @@
 #include "anomalysd.h"
 #include "core/live_objects.h"
 #include "io/tensor_map.h"
+#include "models/lpips.h"
 #include "pipeline/finetune.h"
+#include "pipeline/inpaint.h"
+#include "pipeline/prototype_bank.h"
 #include "pipeline/sd_pipeline.h"
 
 struct asd_tensor_map : asd::CountedObject {
@@ -26,6 +29,11 @@ struct asd_model : asd::CountedObject {
   std::map<std::string, torch::Tensor> conditions;     ///< category -> averaged prompt embedding [1, L, D]
   std::map<std::string, torch::Tensor> prompt_ids;     ///< category -> token ids [P, L] (the naive baseline re-encodes them)
   std::string info_json;                               ///< storage for asd_model_info's string
+  // Scoring (asd_model_set_scoring): prototype backbone, perceptual distance, banks.
+  asd::ResNet18 resnet{nullptr};
+  std::unique_ptr<asd::Lpips> distance;
+  std::unique_ptr<asd::PrototypeBank> bank;
+  std::vector<int64_t> rotations{0, 90, 180, 270};
 };
 
 struct asd_trainer : asd::CountedObject {
@@ -41,6 +49,9 @@ struct asd_trainer : asd::CountedObject {
 };
 
 namespace asd::api {
+
+/// The C options struct as the pipeline's options.
+pipeline::InpaintOptions to_inpaint_options(const asd_inpaint_options& options);
 
 /// "cpu", "cuda", "cuda:N" -> device; ASD_ERR_UNSUPPORTED when CUDA is asked for and not available.
 torch::Device parse_device(const char* device);

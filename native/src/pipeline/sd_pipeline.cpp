@@ -179,6 +179,37 @@ SdComponents compact_preset(uint64_t seed) {
   return c;
 }
 
+SdComponents sd2_inpainting_random(uint64_t seed) {
+  torch::manual_seed(seed);
+  SdComponents c;
+  c.source = "sd2-inpainting (random weights)";
+  c.unet_config = {{"_class_name", "UNet2DConditionModel"}, {"sample_size", 64}, {"in_channels", 9}, {"out_channels", 4},
+                   {"block_out_channels", {320, 640, 1280, 1280}}, {"layers_per_block", 2},
+                   {"down_block_types", {"CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"}},
+                   {"up_block_types", {"UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"}},
+                   {"mid_block_type", "UNetMidBlock2DCrossAttn"}, {"attention_head_dim", {5, 10, 20, 20}},
+                   {"cross_attention_dim", 1024}, {"use_linear_projection", true}, {"norm_num_groups", 32}, {"norm_eps", 1e-5},
+                   {"flip_sin_to_cos", true}, {"freq_shift", 0}, {"act_fn", "silu"}, {"downsample_padding", 1}};
+  c.vae_config = {{"_class_name", "AutoencoderKL"}, {"in_channels", 3}, {"out_channels", 3}, {"latent_channels", 4},
+                  {"block_out_channels", {128, 256, 512, 512}}, {"layers_per_block", 2},
+                  {"down_block_types", {"DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D"}},
+                  {"up_block_types", {"UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D"}},
+                  {"norm_num_groups", 32}, {"act_fn", "silu"}, {"sample_size", 512}, {"scaling_factor", 0.18215}};
+  c.text_encoder_config = {{"architectures", {"CLIPTextModel"}}, {"vocab_size", 49408}, {"hidden_size", 1024},
+                           {"intermediate_size", 4096}, {"num_hidden_layers", 23}, {"num_attention_heads", 16},
+                           {"max_position_embeddings", 77}, {"layer_norm_eps", 1e-5}, {"hidden_act", "gelu"}};
+  c.scheduler_config = compact_scheduler_config();
+  c.unet = models::unet_from_config(JsonConfig(c.unet_config, "sd2-inpainting unet"));
+  c.vae = models::vae_from_config(JsonConfig(c.vae_config, "sd2-inpainting vae"));
+  c.text_encoder = ClipTextModel(ClipTextConfig::from_json(JsonConfig(c.text_encoder_config, "sd2-inpainting text_encoder")));
+  c.scheduler = schedulers::DDIMSchedulerConfig::from_json(JsonConfig(c.scheduler_config, "sd2-inpainting scheduler"));
+  c.scaling_factor = c.vae->scaling_factor();
+  c.unet->eval();
+  c.vae->eval();
+  c.text_encoder->eval();
+  return c;
+}
+
 int64_t parameter_count(const torch::nn::Module& module) {
   int64_t n = 0;
   for (const auto& p : module.parameters()) n += p.numel();

@@ -74,6 +74,11 @@ nlohmann::json compact_scheduler_config();
 /// The compact preset with freshly initialised weights (seeded with `seed`), float32 on the CPU.
 SdComponents compact_preset(uint64_t seed);
 
+/// The architecture of Stable Diffusion 2 inpainting (stabilityai/stable-diffusion-2-inpainting configs: UNet
+/// 320/640/1280/1280, heads 5/10/20/20, linear projections, cross-attention 1024; SD VAE; OpenCLIP ViT-H text
+/// encoder, 23 layers of width 1024) with fresh random weights (seeded), for timing without a checkpoint.
+SdComponents sd2_inpainting_random(uint64_t seed);
+
 /// Number of parameters of a module.
 int64_t parameter_count(const torch::nn::Module& module);
 

@@ -47,7 +47,7 @@ public static class ShotSelection
 }
 
 /// <summary>Helpers shared by the layouts.</summary>
-internal static class DatasetFiles
+public static class DatasetFiles
 {
     public static readonly string[] ImageExtensions = [".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"];
 

@@ -37,6 +37,16 @@ public sealed record EngineInfo(
     /// <summary>Seeds the engine's CPU and CUDA generators.</summary>
     public static void ManualSeed(ulong seed) => AsdException.Check(NativeMethods.asd_manual_seed(seed));
 
+    /// <summary>Resets the peak-memory counter of <paramref name="device"/> ("cpu": peak RSS; "cuda[:N]": allocator peak).</summary>
+    public static void ResetPeakMemory(string device) => AsdException.Check(NativeMethods.asd_peak_memory_reset(device));
+
+    /// <summary>Peak memory in bytes since the last reset (see <see cref="ResetPeakMemory"/>).</summary>
+    public static long PeakMemory(string device)
+    {
+        AsdException.Check(NativeMethods.asd_peak_memory(device, out long bytes));
+        return bytes;
+    }
+
     /// <summary>Native engine objects alive now (all types), for leak checks.</summary>
     public static long NativeLiveObjects()
     {

@@ -2,6 +2,7 @@ using System.Text.Json;
 using System.Text.Json.Nodes;
 using AnomalySD.Data;
 using AnomalySD.Native;
+using AnomalySD.Scoring;
 
 namespace AnomalySD.Engine;
 
@@ -27,6 +28,13 @@ public sealed class InpaintingModel : IDisposable
     public static InpaintingModel CreateCompact(ulong seed, string device = "cpu")
     {
         AsdException.Check(NativeMethods.asd_model_create_compact(seed, device, out IntPtr p));
+        return new InpaintingModel(AsdHandle.Wrap<ModelHandle>(p));
+    }
+
+    /// <summary>A preset architecture with random weights: "compact" or "sd2-inpainting" (timing only).</summary>
+    public static InpaintingModel CreatePreset(string name, ulong seed, string device = "cpu", AsdDtype dtype = AsdDtype.F32)
+    {
+        AsdException.Check(NativeMethods.asd_model_create_preset(name, seed, device, dtype, out IntPtr p));
         return new InpaintingModel(AsdHandle.Wrap<ModelHandle>(p));
     }
 
@@ -112,7 +120,134 @@ public sealed class InpaintingModel : IDisposable
         return result;
     }
 
+    /// <summary>Configures the scoring backbones (prototype features and the perceptual distance).</summary>
+    public void ConfigureScoring(ScoringOptions options) => AsdException.Check(NativeMethods.asd_model_set_scoring(Handle, options.ToJson()));
+
+    /// <summary>Adds the shots of <paramref name="category"/> (and their rotations) to its prototype bank (eq. 13).</summary>
+    public unsafe void AddPrototypes(string category, IReadOnlyList<RgbImage> shots)
+    {
+        if (shots.Count == 0) return;
+        float[] data = PackSigned(shots);
+        fixed (float* p = data)
+            AsdException.Check(NativeMethods.asd_model_add_prototypes(Handle, category, p, shots.Count, shots[0].Height, shots[0].Width));
+    }
+
+    /// <summary>The error map E (eq. 14) of <paramref name="image"/> against the category's bank, at feature resolution.</summary>
+    public unsafe Map2D ErrorMap(string category, RgbImage image)
+    {
+        float[] x = PackSigned([image]);
+        fixed (float* px = x)
+        {
+            AsdException.Check(NativeMethods.asd_model_error_map(Handle, category, px, image.Height, image.Width, null, 0, out long h, out long w));
+            var map = new float[h * w];
+            fixed (float* pm = map)
+                AsdException.Check(NativeMethods.asd_model_error_map(Handle, category, px, image.Height, image.Width, pm, map.Length, out _, out _));
+            return new Map2D((int)h, (int)w, Array.ConvertAll(map, v => (double)v));
+        }
+    }
+
+    /// <summary>Inpaints <paramref name="image"/> under every mask and returns the distance maps D(x, x̂_i)
+    /// (eq. 16-17, image size) and, if asked, the inpaintings (RGB in [0, 1]). One native call.</summary>
+    public unsafe (Map2D[] Distances, RgbImage[]? Inpaintings) InpaintDistances(string category, RgbImage image, IReadOnlyList<BinaryMask> masks,
+                                                                             InpaintOptions options, bool returnInpaintings = false)
+    {
+        int h = image.Height, w = image.Width, plane = h * w;
+        float[] x = PackSigned([image]);
+        var m = new float[masks.Count * plane];
+        for (int k = 0; k < masks.Count; k++)
+            for (int i = 0; i < plane; i++) m[k * plane + i] = masks[k].Data[i];
+        var dist = new float[masks.Count * plane];
+        float[]? images = returnInpaintings ? new float[masks.Count * 3 * plane] : null;
+        var native = ToNative(options);
+        fixed (float* px = x, pm = m, pd = dist, pi = images)
+            AsdException.Check(NativeMethods.asd_model_inpaint_distances(Handle, category, px, h, w, pm, masks.Count, native, pd, pi));
+        var maps = new Map2D[masks.Count];
+        for (int k = 0; k < masks.Count; k++)
+        {
+            var d = new double[plane];
+            for (int i = 0; i < plane; i++) d[i] = dist[k * plane + i];
+            maps[k] = new Map2D(h, w, d);
+        }
+        RgbImage[]? inpaintings = null;
+        if (images is not null)
+        {
+            inpaintings = new RgbImage[masks.Count];
+            for (int k = 0; k < masks.Count; k++)
+            {
+                var d = new float[3 * plane];
+                for (int i = 0; i < d.Length; i++) d[i] = (images[k * 3 * plane + i] + 1f) * 0.5f;
+                inpaintings[k] = new RgbImage(w, h, d);
+            }
+        }
+        return (maps, inpaintings);
+    }
+
+    private static AsdInpaintOptions ToNative(InpaintOptions o) => new()
+    {
+        NumInferenceSteps = o.NumInferenceSteps, NoiseStrength = o.NoiseStrength, BatchSize = o.BatchSize, Seed = o.Seed, Naive = o.Naive ? 1 : 0,
+    };
+
+    /// <summary>Images in [0, 1] packed as [N, 3, H, W] in [-1, 1].</summary>
+    private static float[] PackSigned(IReadOnlyList<RgbImage> images)
+    {
+        int size = images[0].Data.Length;
+        var data = new float[images.Count * size];
+        for (int k = 0; k < images.Count; k++)
+        {
+            if (images[k].Data.Length != size) throw new ArgumentException("images differ in size");
+            for (int i = 0; i < size; i++) data[k * size + i] = images[k].Data[i] * 2f - 1f;
+        }
+        return data;
+    }
+
     public void Dispose() => Handle.Dispose();
+}
+
+/// <summary>The perceptual distance of eq. 16-17.</summary>
+public enum DistanceKind
+{
+    /// <summary>LPIPS v0.1 with AlexNet (the paper's): needs torchvision AlexNet weights and the LPIPS linear weights.</summary>
+    LpipsAlex,
+    /// <summary>The offline fallback: the same formula on the ImageNet ResNet18's layer1-3 with uniform channel weights.</summary>
+    Resnet18Uniform,
+}
+
+/// <summary>Scoring backbones. <paramref name="ResNet18Path"/>: torchvision-named ResNet18 safetensors (the build writes
+/// resnet18_imagenet.safetensors next to the native library).</summary>
+public sealed record ScoringOptions(string ResNet18Path, DistanceKind Distance = DistanceKind.Resnet18Uniform, string? AlexNetPath = null,
+                                    string? LpipsPath = null, int[]? Rotations = null)
+{
+    public string DistanceName => Distance == DistanceKind.LpipsAlex ? "lpips_alex" : "resnet18_uniform";
+
+    public string ToJson()
+    {
+        var o = new Dictionary<string, object> { ["resnet18"] = ResNet18Path, ["distance"] = DistanceName };
+        if (AlexNetPath is not null) o["alexnet"] = AlexNetPath;
+        if (LpipsPath is not null) o["lpips"] = LpipsPath;
+        if (Rotations is not null) o["rotations"] = Rotations;
+        return JsonSerializer.Serialize(o);
+    }
+
+    /// <summary>The ImageNet ResNet18 converted by the build: ANOMALYSD_RESNET18 if set, else
+    /// resnet18_imagenet.safetensors beside the native library, else in build/native/native/ of the source tree the
+    /// binaries were built in; null if none exists.</summary>
+    public static string? DefaultResNet18Path()
+    {
+        const string file = "resnet18_imagenet.safetensors";
+        string? env = Environment.GetEnvironmentVariable("ANOMALYSD_RESNET18");
+        if (!string.IsNullOrEmpty(env)) return env;
+        foreach (string candidate in NativeLibraryResolver.Candidates())
+        {
+            string path = Path.Combine(Path.GetDirectoryName(candidate)!, file);
+            if (File.Exists(path)) return path;
+        }
+        for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
+        {
+            string path = Path.Combine(dir.FullName, "build", "native", "native", file);
+            if (File.Exists(path)) return path;
+        }
+        return null;
+    }
 }
 
 /// <summary>What a <see cref="ModelTrainer"/> trains.</summary>

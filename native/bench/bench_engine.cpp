@@ -1,0 +1,81 @@
+// Google Benchmark: the engine's hot paths on the compact preset (CPU) and, with a CUDA device, the SD 2
+// inpainting architecture. Printed figures, no assertions: run build/native/native/bench/anomalysd_bench.
+#include <benchmark/benchmark.h>
+#include <torch/torch.h>
+
+#include "pipeline/inpaint.h"
+#include "pipeline/sd_pipeline.h"
+
+using namespace asd::pipeline;
+
+namespace {
+
+SdComponents& compact() {
+  static SdComponents c = compact_preset(0);
+  return c;
+}
+
+void BM_CompactUNetStep(benchmark::State& state) {
+  torch::NoGradGuard ng;
+  auto& c = compact();
+  const int64_t batch = state.range(0), latent = state.range(1);
+  const auto x = torch::randn({batch, 9, latent, latent});
+  const auto ctx = torch::randn({batch, 77, 64});
+  const auto t = torch::tensor({500}, torch::kInt64);
+  for (auto _ : state) benchmark::DoNotOptimize(c.unet->forward(x, t, ctx));
+  state.counters["params"] = static_cast<double>(parameter_count(*c.unet));
+}
+BENCHMARK(BM_CompactUNetStep)->Args({1, 64})->Args({8, 64})->Args({8, 32})->Unit(benchmark::kMillisecond);
+
+void BM_CompactVaeDecode512(benchmark::State& state) {
+  torch::NoGradGuard ng;
+  auto& c = compact();
+  const auto z = torch::randn({1, 4, 512 / c.vae_scale_factor(), 512 / c.vae_scale_factor()});
+  for (auto _ : state) benchmark::DoNotOptimize(c.vae->decode(z));
+  state.counters["params"] = static_cast<double>(parameter_count(*c.vae));
+}
+BENCHMARK(BM_CompactVaeDecode512)->Unit(benchmark::kMillisecond);
+
+void BM_CompactInpaint86Masks(benchmark::State& state) {
+  auto& c = compact();
+  const bool naive = state.range(0) == 1;
+  const auto image = torch::rand({3, 128, 128}) * 2 - 1;
+  auto masks = torch::zeros({86, 1, 128, 128});
+  int64_t i = 0;
+  for (int64_t k : {1, 2, 4, 8}) {
+    for (int64_t r = 0; r < k; ++r)
+      for (int64_t q = 0; q < k; ++q, ++i) masks[i].narrow(1, r * 128 / k, 128 / k).narrow(2, q * 128 / k, 128 / k).fill_(1);
+  }
+  masks[85].narrow(1, 40, 30).narrow(2, 60, 30).fill_(1);
+  const auto ids = torch::randint(0, 49408, {3, 77}, torch::kInt64);
+  InpaintOptions o;  // 50 steps, λ 0.4
+  const auto ctx = average_prompt_embedding(c, ids);
+  for (auto _ : state) benchmark::DoNotOptimize(naive ? inpaint_naive(c, image, masks, ids, o) : inpaint(c, image, masks, ctx, o));
+}
+BENCHMARK(BM_CompactInpaint86Masks)->Arg(0)->Arg(1)->ArgName("naive")->Unit(benchmark::kMillisecond)->Iterations(1);
+
+void BM_Sd2UNetStepCuda(benchmark::State& state) {
+  if (!torch::cuda::is_available()) {
+    state.SkipWithError("no CUDA device");
+    return;
+  }
+  torch::NoGradGuard ng;
+  static SdComponents c = [] {
+    SdComponents s = sd2_inpainting_random(0);
+    s.to(torch::kCUDA, torch::kFloat16);
+    return s;
+  }();
+  const int64_t batch = state.range(0);
+  const auto opts = torch::TensorOptions().device(torch::kCUDA).dtype(torch::kFloat16);
+  const auto x = torch::randn({batch, 9, 64, 64}, opts);
+  const auto ctx = torch::randn({batch, 77, 1024}, opts);
+  const auto t = torch::tensor({500}, torch::kInt64);
+  for (auto _ : state) {
+    benchmark::DoNotOptimize(c.unet->forward(x, t, ctx).sum().item<float>());  // .item() waits for the GPU
+  }
+}
+BENCHMARK(BM_Sd2UNetStepCuda)->Arg(1)->Arg(8)->Unit(benchmark::kMillisecond);
+
+}  // namespace
+
+BENCHMARK_MAIN();

@@ -1,0 +1,138 @@
+// C API: scoring backbones, prototype banks (eq. 12-14) and distance maps of inpaintings (eq. 16-17).
+#include <cstring>
+
+#include <nlohmann/json.hpp>
+
+#include "api/guard.h"
+#include "api/handles.h"
+#include "io/safetensors.h"
+#include "pipeline/inpaint.h"
+
+using asd::api::not_null;
+namespace pl = asd::pipeline;
+
+namespace {
+
+/// Masks of inpaintings scored per LPIPS batch (bounds the trunk's activation memory).
+constexpr int64_t kDistanceBatch = 16;
+
+torch::Tensor image_from(const float* data, int64_t h, int64_t w) {
+  not_null(data, "image");
+  asd::require(h > 0 && w > 0, "height and width must be > 0");
+  return torch::from_blob(const_cast<float*>(data), {1, 3, h, w}, torch::kFloat32).clone();
+}
+
+void require_scoring(const asd_model* m) {
+  if (!m->resnet || !m->distance) {
+    asd::throw_error(ASD_ERR_INVALID_ARGUMENT, "scoring is not configured: call asd_model_set_scoring first");
+  }
+}
+
+asd::PrototypeExtractor extractor(asd_model* m) {
+  return [m](const torch::Tensor& rgb01) { return asd::prototype_features(*m->resnet, rgb01); };
+}
+
+}  // namespace
+
+extern "C" {
+
+ASD_API asd_status asd_model_set_scoring(asd_model* model, const char* options_json) {
+  return ASD_GUARD({
+    not_null(model, "model");
+    nlohmann::json o;
+    try {
+      o = nlohmann::json::parse(not_null(options_json, "options_json"));
+    } catch (const nlohmann::json::exception& e) {
+      asd::throw_error(ASD_ERR_INVALID_ARGUMENT, std::string("options_json is not valid JSON: ") + e.what());
+    }
+    asd::require(o.is_object() && o.contains("resnet18") && o["resnet18"].is_string(),
+                 "options_json needs \"resnet18\": the path of the ResNet18 weights (resnet18_imagenet.safetensors)");
+    const torch::Device device = model->components.device;
+    asd::ResNet18 net = asd::load_resnet18(o["resnet18"].get<std::string>());
+    net->eval();
+    net->to(device);
+    const auto kind = asd::perceptual_distance_from_string(o.value("distance", "resnet18_uniform"));
+    std::unique_ptr<asd::Lpips> distance;
+    if (kind == asd::PerceptualDistance::lpips_alex) {
+      asd::require(o.contains("alexnet") && o.contains("lpips"), "distance lpips_alex needs \"alexnet\" and \"lpips\" weight paths");
+      distance = std::make_unique<asd::Lpips>(asd::Lpips::alex(asd::safetensors::load(o["alexnet"].get<std::string>()),
+                                                               asd::safetensors::load(o["lpips"].get<std::string>())));
+    } else {
+      distance = std::make_unique<asd::Lpips>(asd::Lpips::resnet18_uniform(net));
+    }
+    distance->to(device);
+    if (o.contains("rotations")) model->rotations = o["rotations"].get<std::vector<int64_t>>();
+    model->resnet = net;
+    model->distance = std::move(distance);
+    if (!model->bank) {
+      asd::PrototypeBankOptions bo;
+      bo.rotations_deg = model->rotations;
+      model->bank = std::make_unique<asd::PrototypeBank>("resnet18-" + asd::to_string(net->padding()), std::vector<int64_t>{128, 256}, bo, device);
+    }
+  });
+}
+
+ASD_API asd_status asd_model_add_prototypes(asd_model* model, const char* category, const float* images, int64_t k, int64_t height,
+                                            int64_t width) {
+  return ASD_GUARD({
+    not_null(model, "model");
+    require_scoring(model);
+    not_null(images, "images");
+    asd::require(k >= 1 && height > 0 && width > 0, "k, height and width must be > 0");
+    const torch::Tensor x = torch::from_blob(const_cast<float*>(images), {k, 3, height, width}, torch::kFloat32).clone();
+    model->bank->add_images(not_null(category, "category"), ((x + 1) / 2).to(model->components.device), extractor(model));
+  });
+}
+
+ASD_API asd_status asd_model_error_map(asd_model* model, const char* category, const float* image, int64_t height, int64_t width,
+                                       float* out_map, int64_t capacity, int64_t* out_height, int64_t* out_width) {
+  return ASD_GUARD({
+    not_null(model, "model");
+    require_scoring(model);
+    const torch::Tensor x = image_from(image, height, width);
+    const torch::Tensor features = asd::prototype_features(*model->resnet, ((x + 1) / 2).to(model->components.device));
+    const torch::Tensor e = model->bank->error_map(not_null(category, "category"), features[0]).to(torch::kCPU, torch::kFloat32).contiguous();
+    if (out_height != nullptr) *out_height = e.size(0);
+    if (out_width != nullptr) *out_width = e.size(1);
+    if (out_map != nullptr) {
+      asd::require(capacity >= e.numel(), "out_map holds " + std::to_string(capacity) + " floats, the map needs " + std::to_string(e.numel()));
+      std::memcpy(out_map, e.data_ptr<float>(), static_cast<size_t>(e.numel()) * sizeof(float));
+    }
+  });
+}
+
+ASD_API asd_status asd_model_inpaint_distances(asd_model* model, const char* category, const float* image, int64_t height,
+                                               int64_t width, const float* masks, int64_t num_masks, const asd_inpaint_options* options,
+                                               float* out_distances, float* out_images) {
+  return ASD_GUARD({
+    not_null(model, "model");
+    require_scoring(model);
+    not_null(options, "options");
+    not_null(out_distances, "out_distances");
+    const std::string name = not_null(category, "category");
+    auto it = model->conditions.find(name);
+    if (it == model->conditions.end()) asd::throw_error(ASD_ERR_NOT_FOUND, "unknown category '" + name + "': call asd_model_set_category first");
+    const torch::Tensor x = image_from(image, height, width);
+    not_null(masks, "masks");
+    asd::require(num_masks >= 1, "num_masks must be >= 1");
+    const torch::Tensor m = torch::from_blob(const_cast<float*>(masks), {num_masks, 1, height, width}, torch::kFloat32).clone();
+    const pl::InpaintOptions o = asd::api::to_inpaint_options(*options);
+    const torch::Tensor inpainted = options->naive != 0 ? pl::inpaint_naive(model->components, x[0], m, model->prompt_ids.at(name), o)
+                                                        : pl::inpaint(model->components, x[0], m, it->second, o);
+    torch::NoGradGuard no_grad;
+    const torch::Device device = model->distance->device();
+    const torch::Tensor xd = x.to(device);
+    for (int64_t first = 0; first < num_masks; first += kDistanceBatch) {
+      const int64_t b = std::min(kDistanceBatch, num_masks - first);
+      const torch::Tensor d = model->distance->distance_map(xd.expand({b, 3, height, width}), inpainted.narrow(0, first, b).to(device))
+                                  .to(torch::kCPU, torch::kFloat32)
+                                  .contiguous();
+      std::memcpy(out_distances + first * height * width, d.data_ptr<float>(), static_cast<size_t>(d.numel()) * sizeof(float));
+    }
+    if (out_images != nullptr) {
+      std::memcpy(out_images, inpainted.contiguous().data_ptr<float>(), static_cast<size_t>(inpainted.numel()) * sizeof(float));
+    }
+  });
+}
+
+}  // extern "C"

@@ -1,0 +1,89 @@
+using System.Text.Json;
+using CommandLine;
+using Microsoft.Extensions.Logging;
+
+namespace AnomalySD.Cli;
+
+/// <summary>Flags shared by the verbs that run the engine.</summary>
+public abstract class EngineOptions
+{
+    [Option("seed", Default = 0UL, HelpText = "Seed of every random choice (training batches, masks, inpainting noise).")]
+    public ulong Seed { get; set; }
+
+    [Option("device", Default = "cpu", HelpText = "cpu, cuda or cuda:N.")]
+    public string Device { get; set; } = "cpu";
+
+    [Option("config", HelpText = "JSON options file: keys are the long flag names (e.g. {\"shots\": 1}); flags on the command line win.")]
+    public string? Config { get; set; }
+
+    [Option("threads", HelpText = "CPU threads for libtorch (default: all hardware threads).")]
+    public int? Threads { get; set; }
+
+    [Option("verbose", HelpText = "Debug logging.")]
+    public bool Verbose { get; set; }
+}
+
+/// <summary>Logging, progress and the options file.</summary>
+public static class CliSupport
+{
+    public static ILoggerFactory Logging(bool verbose) => LoggerFactory.Create(b =>
+        b.AddSimpleConsole(o => { o.SingleLine = true; o.TimestampFormat = "HH:mm:ss "; })
+         .SetMinimumLevel(verbose ? LogLevel.Debug : LogLevel.Information));
+
+    /// <summary>A progress reporter on stderr: a redrawn bar on a terminal, a line per 10 % otherwise.</summary>
+    public static Action<string, int, int> Progress()
+    {
+        bool tty = !Console.IsErrorRedirected;
+        int lastDecile = -1;
+        string lastLabel = "";
+        return (label, done, total) =>
+        {
+            if (label != lastLabel) { lastDecile = -1; lastLabel = label; }
+            int width = 30, filled = total == 0 ? width : done * width / total;
+            if (tty)
+            {
+                Console.Error.Write($"\r{label,-22} [{new string('#', filled)}{new string('.', width - filled)}] {done}/{total}");
+                if (done == total) Console.Error.WriteLine();
+            }
+            else
+            {
+                int decile = total == 0 ? 10 : done * 10 / total;
+                if (decile != lastDecile) { Console.Error.WriteLine($"{label}: {done}/{total}"); lastDecile = decile; }
+            }
+        };
+    }
+
+    /// <summary>
+    /// Expands <c>--config FILE</c>: each key of the JSON object becomes <c>--key value</c> unless the flag is already on the
+    /// command line (booleans: <c>--key</c> when true; arrays: comma-joined).
+    /// </summary>
+    /// <exception cref="InvalidDataException">the file is not a JSON object.</exception>
+    public static string[] ExpandConfig(string[] args)
+    {
+        int i = Array.IndexOf(args, "--config");
+        if (i < 0 || i + 1 >= args.Length) return args;
+        string path = args[i + 1];
+        if (!File.Exists(path)) throw new FileNotFoundException($"options file '{path}' does not exist", path);
+        JsonDocument doc;
+        try { doc = JsonDocument.Parse(File.ReadAllText(path)); }
+        catch (JsonException e) { throw new InvalidDataException($"{path}: not valid JSON ({e.Message})", e); }
+        if (doc.RootElement.ValueKind != JsonValueKind.Object) throw new InvalidDataException($"{path}: options file must be a JSON object");
+        var result = args.Where((_, k) => k != i && k != i + 1).ToList();
+        foreach (var p in doc.RootElement.EnumerateObject())
+        {
+            string flag = "--" + p.Name.Replace('_', '-');
+            if (result.Contains(flag)) continue;
+            switch (p.Value.ValueKind)
+            {
+                case JsonValueKind.True: result.Add(flag); break;
+                case JsonValueKind.False: case JsonValueKind.Null: break;
+                case JsonValueKind.Array: result.Add(flag); result.Add(string.Join(",", p.Value.EnumerateArray().Select(v => v.ToString()))); break;
+                default: result.Add(flag); result.Add(p.Value.ToString()); break;
+            }
+        }
+        return result.ToArray();
+    }
+
+    public static IReadOnlyList<string> SplitList(string? list) =>
+        string.IsNullOrWhiteSpace(list) ? [] : list.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
+}

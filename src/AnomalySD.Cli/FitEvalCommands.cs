@@ -1,0 +1,203 @@
+using System.Diagnostics;
+using System.Text.Json.Nodes;
+using AnomalySD.Data;
+using AnomalySD.Engine;
+using AnomalySD.Pipeline;
+using CommandLine;
+using Microsoft.Extensions.Logging;
+
+namespace AnomalySD.Cli;
+
+/// <summary>Flags of fitting (also accepted by eval, which fits first when no --checkpoint is given).</summary>
+public abstract class FitFlags : EngineOptions
+{
+    [Option("data", HelpText = "Dataset folder: MVTec AD layout, VisA (split_csv/1cls.csv) or plain (normal/, abnormal/, masks/).")]
+    public string? Data { get; set; }
+
+    [Option("categories", HelpText = "Comma-separated categories (default: all of the dataset).")]
+    public string? Categories { get; set; }
+
+    [Option("shots", Default = 1, HelpText = "K normal images per category (0-4 in the paper); 0 = no fine-tuning.")]
+    public int Shots { get; set; }
+
+    [Option("shot-seed", HelpText = "Pick the shots at random with this seed (default: the first K in sorted order).")]
+    public int? ShotSeed { get; set; }
+
+    [Option("model", Default = "compact", HelpText = "'compact' (small model trained from scratch) or a diffusers SD inpainting folder.")]
+    public string Model { get; set; } = "compact";
+
+    [Option("image-size", Default = 0, HelpText = "Model resolution (0: 128 for compact, 512 for SD); a multiple of 32.")]
+    public int ImageSize { get; set; }
+
+    [Option("unet-steps", Default = 300, HelpText = "UNet fine-tuning steps (eq. 8).")]
+    public int UnetSteps { get; set; }
+
+    [Option("decoder-steps", Default = 100, HelpText = "Decoder fine-tuning steps (eq. 9-10, SD models).")]
+    public int DecoderSteps { get; set; }
+
+    [Option("autoencoder-steps", Default = 300, HelpText = "Autoencoder training steps from scratch (compact only).")]
+    public int AutoencoderSteps { get; set; }
+
+    [Option("batch-size", Default = 8, HelpText = "Training batch size.")]
+    public int BatchSize { get; set; }
+
+    [Option("lr", Default = 1e-4, HelpText = "Adam learning rate (compact raises it to at least 5e-4 for the UNet, 1e-3 for the autoencoder).")]
+    public double LearningRate { get; set; }
+
+    [Option("dtype", Default = AsdDtypeName.F32, HelpText = "Weights dtype of an SD model: F32, F16, BF16.")]
+    public AsdDtypeName Dtype { get; set; }
+
+    [Option("distance", Default = DistanceKind.Resnet18Uniform, HelpText = "Perceptual distance: LpipsAlex (needs --alexnet, --lpips) or Resnet18Uniform.")]
+    public DistanceKind Distance { get; set; }
+
+    [Option("alexnet", HelpText = "torchvision AlexNet weights (safetensors) for LPIPS.")]
+    public string? AlexNet { get; set; }
+
+    [Option("lpips", HelpText = "LPIPS v0.1 linear weights (safetensors), e.g. alex_v0.1.safetensors.")]
+    public string? Lpips { get; set; }
+
+    [Option("resnet18", HelpText = "ResNet18 weights (default: the build's resnet18_imagenet.safetensors).")]
+    public string? ResNet18 { get; set; }
+
+    [Option("prompts", HelpText = "Prompt file (JSON) replacing the built-in one.")]
+    public string? Prompts { get; set; }
+
+    [Option("foreground-masks", HelpText = "Folder of user foreground masks m_f, paired by stem (optionally per category sub-folder).")]
+    public string? ForegroundMasks { get; set; }
+
+    public FitOptions ToFitOptions() => new(Model, Shots, ShotSeed, ImageSize, UnetSteps, DecoderSteps, AutoencoderSteps, BatchSize, LearningRate, Seed,
+        Device, Dtype, Distance, AlexNet, Lpips, ResNet18, Prompts, ForegroundMasks);
+}
+
+[Verb("fit", HelpText = "Fine-tune one model for all categories on K shots each and write a checkpoint.")]
+public sealed class FitOptionsVerb : FitFlags
+{
+    [Option("out", Required = true, HelpText = "Checkpoint folder to write.")]
+    public string Out { get; set; } = "";
+}
+
+[Verb("eval", HelpText = "Evaluate a checkpoint (or fit, then evaluate) on a dataset's test split; writes results.json, report.md and figures.")]
+public sealed class EvalOptionsVerb : FitFlags
+{
+    [Option("checkpoint", HelpText = "A checkpoint written by fit (default: fit first with the fit flags).")]
+    public string? Checkpoint { get; set; }
+
+    [Option("out", Required = true, HelpText = "Report folder.")]
+    public string Out { get; set; } = "";
+
+    [Option("masks", Default = MaskStrategy.Full, HelpText = "Full (multi-scale + prototype), MultiScale, or Prototype (E only, PatchCore-like baseline).")]
+    public MaskStrategy Masks { get; set; }
+
+    [Option("num-inference-steps", Default = 50, HelpText = "DDIM schedule length.")]
+    public int NumInferenceSteps { get; set; }
+
+    [Option("noise-strength", HelpText = "λ for every category (default: each category's value from the prompt file).")]
+    public double? NoiseStrength { get; set; }
+
+    [Option("scales", Default = "1,2,4,8", HelpText = "Grid scales k.")]
+    public string Scales { get; set; } = "1,2,4,8";
+
+    [Option("inpaint-batch", Default = 0, HelpText = "Masks per UNet batch (0: from available memory).")]
+    public int InpaintBatch { get; set; }
+
+    [Option("max-images", HelpText = "Evaluate at most N test images per category (spread over normal and anomalous).")]
+    public int? MaxImages { get; set; }
+}
+
+public static class FitEvalCommands
+{
+    public static int Fit(FitOptionsVerb o)
+    {
+        using var logs = CliSupport.Logging(o.Verbose);
+        var log = logs.CreateLogger("fit");
+        if (o.Data is null) throw new ArgumentException("--data is required");
+        var dataset = Datasets.Open(o.Data);
+        var categories = Categories(o.Categories, dataset);
+        var watch = Stopwatch.StartNew();
+        var (model, meta) = Fitting.Fit(dataset, categories, o.ToFitOptions(), log, CliSupport.Progress());
+        using (model)
+        {
+            model.Save(o.Out, meta.ToJson());
+        }
+        log.LogInformation("checkpoint written to {Out} ({Seconds:F0} s)", o.Out, watch.Elapsed.TotalSeconds);
+        return 0;
+    }
+
+    public static int Eval(EvalOptionsVerb o)
+    {
+        using var logs = CliSupport.Logging(o.Verbose);
+        var log = logs.CreateLogger("eval");
+        if (o.Data is null) throw new ArgumentException("--data is required");
+        var dataset = Datasets.Open(o.Data);
+        var watch = Stopwatch.StartNew();
+        InpaintingModel model;
+        CheckpointMetadata meta;
+        double fitSeconds = 0;
+        if (o.Checkpoint is not null)
+        {
+            (model, meta) = LoadCheckpoint(o.Checkpoint, o.Device, o.ResNet18, o.AlexNet, o.Lpips, log);
+        }
+        else
+        {
+            (model, meta) = Fitting.Fit(dataset, Categories(o.Categories, dataset), o.ToFitOptions(), log, CliSupport.Progress());
+            fitSeconds = watch.Elapsed.TotalSeconds;
+        }
+        using (model)
+        {
+            var categories = o.Categories is null ? meta.Categories.Select(c => c.Category).ToList() : Categories(o.Categories, dataset);
+            if (o.NoiseStrength is double lambda)
+                meta = meta with { Categories = meta.Categories.Select(c => c with { NoiseStrength = lambda }).ToList() };
+            var masks = o.Masks;
+            if (masks == MaskStrategy.Full && meta.Shots == 0)
+            {
+                log.LogWarning("no shots, no prototype bank: scoring with multi-scale masks only");
+                masks = MaskStrategy.MultiScale;
+            }
+            var options = new DetectorOptions(masks, CliSupport.SplitList(o.Scales).Select(int.Parse).ToList(),
+                Inpaint: new InpaintOptions(o.NumInferenceSteps, 0.4, o.InpaintBatch, o.Seed));
+            var result = Evaluation.Run(model, meta, dataset, categories, options, log, CliSupport.Progress(), o.MaxImages);
+            var run = new JsonObject
+            {
+                ["model"] = meta.ModelSource, ["checkpoint"] = o.Checkpoint, ["shots"] = meta.Shots, ["image_size"] = meta.ImageSize,
+                ["masks"] = masks.ToString(), ["distance"] = meta.Distance, ["num_inference_steps"] = o.NumInferenceSteps,
+                ["noise_strength"] = new JsonObject(meta.Categories.Select(c => new KeyValuePair<string, JsonNode?>(c.Category, c.NoiseStrength))),
+                ["seed"] = o.Seed, ["device"] = o.Device, ["fit_seconds"] = fitSeconds,
+            };
+            ReportWriter.Write(o.Out, result, run);
+            Console.WriteLine(ReportWriter.Table(result));
+            Console.WriteLine($"wall time: {watch.Elapsed.TotalSeconds:F0} s (fit {fitSeconds:F0} s, eval {result.Seconds:F0} s); report: {Path.Combine(o.Out, "report.md")}");
+        }
+        return 0;
+    }
+
+    /// <summary>Loads a checkpoint with its categories' conditions and the scoring backbones.</summary>
+    public static (InpaintingModel, CheckpointMetadata) LoadCheckpoint(string path, string device, string? resnet18, string? alexnet, string? lpips, ILogger log)
+    {
+        var model = InpaintingModel.Load(path, device);
+        try
+        {
+            var meta = CheckpointMetadata.FromJson(model.Info()["metadata"] as JsonObject, path);
+            var tokenizer = Fitting.TokenizerFor(Directory.Exists(Path.Combine(path, "tokenizer")) ? path : meta.ModelSource, meta.Tokenizer);
+            foreach (var c in meta.Categories) model.SetCategory(c.Category, tokenizer.EncodePadded(c.All), tokenizer.MaxLength);
+            var distance = meta.Distance == "lpips_alex" ? DistanceKind.LpipsAlex : DistanceKind.Resnet18Uniform;
+            Fitting.ConfigureScoring(model, resnet18, distance, alexnet, lpips);
+            log.LogInformation("loaded {Path}: {Count} categories, image size {Size}", path, meta.Categories.Count, meta.ImageSize);
+            return (model, meta);
+        }
+        catch
+        {
+            model.Dispose();
+            throw;
+        }
+    }
+
+    public static IReadOnlyList<string> Categories(string? list, IDataset dataset)
+    {
+        var wanted = CliSupport.SplitList(list);
+        if (wanted.Count == 0) return dataset.Categories;
+        foreach (string c in wanted)
+            if (!dataset.Categories.Contains(c))
+                throw new KeyNotFoundException($"unknown category '{c}' in '{dataset.Root}' (known: {string.Join(", ", dataset.Categories)})");
+        return wanted;
+    }
+}

@@ -1,0 +1,118 @@
+using System.Diagnostics;
+using AnomalySD.Data;
+using AnomalySD.Engine;
+using AnomalySD.Metrics;
+using AnomalySD.Scoring;
+using Microsoft.Extensions.Logging;
+
+namespace AnomalySD.Pipeline;
+
+/// <summary>Per-category metrics (and, in <see cref="EvaluationResult.Mean"/>, their mean over categories).
+/// Pixel metrics are NaN for a category without anomalous pixels; image metrics are NaN without both classes.</summary>
+public sealed record CategoryMetrics(string Category, int Images, int Skipped, double ImageAuroc, double ImageAp, double ImageF1Max,
+                                     double PixelAuroc, double PixelF1Max, double Pro, double Seconds);
+
+/// <summary>The score of one test image, kept for reports.</summary>
+public sealed record ScoredImage(Sample Sample, double Score, Map2D Map, BinaryMask? GroundTruth, RgbImage Image);
+
+public sealed record EvaluationResult(IReadOnlyList<CategoryMetrics> Categories, CategoryMetrics Mean, IReadOnlyList<string> Skipped,
+                                      IReadOnlyDictionary<string, IReadOnlyList<ScoredImage>> Scored, double Seconds);
+
+/// <summary>
+/// Scores every test image of each category and computes image AUROC / AP / F1-max, pixel AUROC / F1-max and PRO
+/// (FPR limit 0.3). Maps and ground truth are compared at the model resolution (masks resized with nearest
+/// neighbour). Unreadable images and masks of the wrong size are reported with their path, skipped and counted;
+/// the shots used for fitting are excluded from the test split.
+/// </summary>
+public static class Evaluation
+{
+    public static EvaluationResult Run(InpaintingModel model, CheckpointMetadata meta, IDataset dataset, IReadOnlyList<string> categories,
+                                       DetectorOptions options, ILogger log, Action<string, int, int>? progress = null, int? maxImagesPerCategory = null)
+    {
+        var total = Stopwatch.StartNew();
+        var detector = new AnomalyDetector(model, options);
+        int size = meta.ImageSize;
+        var results = new List<CategoryMetrics>();
+        var skipped = new List<string>();
+        var scored = new Dictionary<string, IReadOnlyList<ScoredImage>>();
+        foreach (string category in categories)
+        {
+            var prompts = meta.Categories.FirstOrDefault(c => c.Category == category)
+                ?? throw new KeyNotFoundException($"category '{category}' was not fitted in this checkpoint (fitted: {string.Join(", ", meta.Categories.Select(c => c.Category))})");
+            var shots = new HashSet<string>(meta.Shots_.GetValueOrDefault(category) ?? [], StringComparer.Ordinal);
+            var tests = dataset.Test(category).Where(s => !shots.Contains(Path.GetFullPath(s.ImagePath))).ToList();
+            if (maxImagesPerCategory is int cap) tests = Subsample(tests, cap);
+            var watch = Stopwatch.StartNew();
+            var images = new List<ScoredImage>();
+            var imageAuroc = new ImageAuroc();
+            var ap = new AveragePrecision();
+            var f1 = new F1Max();
+            var pixelAuroc = new PixelAuroc();
+            var pixelF1 = new PixelF1Max();
+            var pro = new PixelPro(0.3);
+            int skippedHere = 0, done = 0;
+            foreach (var sample in tests)
+            {
+                RgbImage image;
+                BinaryMask? gt = null;
+                try
+                {
+                    var (w, h) = ImageIO.Identify(sample.ImagePath);
+                    image = ImageIO.LoadRgb(sample.ImagePath, size);
+                    if (sample.MaskPath is not null) gt = ImageIO.LoadMask(sample.MaskPath, size, w, h);
+                    else if (sample.IsAnomalous) log.LogWarning("{Path}: anomalous image without a ground-truth mask; pixel metrics treat it as all-normal", sample.ImagePath);
+                }
+                catch (ImageLoadException e)
+                {
+                    log.LogWarning("skipped: {Message}", e.Message);
+                    skipped.Add(e.Message);
+                    skippedHere++;
+                    continue;
+                }
+                var score = detector.Score(category, image, prompts.NoiseStrength);
+                images.Add(new ScoredImage(sample, score.Score, score.SmoothedMap, gt, image));
+                var mask = gt?.Data ?? new byte[size * size];
+                var map = Array.ConvertAll(score.SmoothedMap.Data, v => (float)v);
+                imageAuroc.Update([score.Score], [sample.IsAnomalous ? 1 : 0]);
+                ap.Update([score.Score], [sample.IsAnomalous ? 1 : 0]);
+                f1.Update([score.Score], [sample.IsAnomalous ? 1 : 0]);
+                pixelAuroc.Update(map, mask);
+                pixelF1.Update(map, mask);
+                pro.Update(map, mask, size, size);
+                progress?.Invoke($"eval {category}", ++done, tests.Count);
+            }
+            var m = new CategoryMetrics(category, images.Count, skippedHere, Safe(imageAuroc.Compute), Safe(ap.Compute), Safe(f1.Compute),
+                Safe(pixelAuroc.Compute), Safe(pixelF1.Compute), Safe(pro.Compute), watch.Elapsed.TotalSeconds);
+            log.LogInformation("{Category}: image AUROC {A:F3}, pixel AUROC {P:F3}, PRO {Pro:F3} ({N} images, {S:F0} s)", category, m.ImageAuroc, m.PixelAuroc, m.Pro, m.Images, m.Seconds);
+            results.Add(m);
+            scored[category] = images;
+        }
+        var mean = new CategoryMetrics("mean", results.Sum(r => r.Images), results.Sum(r => r.Skipped), Mean(results, r => r.ImageAuroc),
+            Mean(results, r => r.ImageAp), Mean(results, r => r.ImageF1Max), Mean(results, r => r.PixelAuroc), Mean(results, r => r.PixelF1Max),
+            Mean(results, r => r.Pro), results.Sum(r => r.Seconds));
+        return new EvaluationResult(results, mean, skipped, scored, total.Elapsed.TotalSeconds);
+    }
+
+    /// <summary>Every n-th sample so that normal and anomalous images both stay represented.</summary>
+    private static List<Sample> Subsample(List<Sample> tests, int cap)
+    {
+        if (tests.Count <= cap) return tests;
+        var normal = tests.Where(s => !s.IsAnomalous).ToList();
+        var anomalous = tests.Where(s => s.IsAnomalous).ToList();
+        int nNormal = Math.Max(1, cap * normal.Count / tests.Count), nAnomalous = Math.Max(1, cap - nNormal);
+        static IEnumerable<Sample> Every(List<Sample> s, int n) => s.Count == 0 ? [] : Enumerable.Range(0, Math.Min(n, s.Count)).Select(i => s[i * s.Count / Math.Min(n, s.Count)]);
+        return Every(normal, nNormal).Concat(Every(anomalous, nAnomalous)).ToList();
+    }
+
+    private static double Safe(Func<double> compute)
+    {
+        try { return compute(); }
+        catch (InvalidOperationException) { return double.NaN; } // one class only: the metric is undefined
+    }
+
+    private static double Mean(IEnumerable<CategoryMetrics> rows, Func<CategoryMetrics, double> f)
+    {
+        var v = rows.Select(f).Where(x => !double.IsNaN(x)).ToList();
+        return v.Count == 0 ? double.NaN : v.Average();
+    }
+}

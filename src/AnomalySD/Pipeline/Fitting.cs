@@ -1,0 +1,188 @@
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using AnomalySD.Data;
+using AnomalySD.Engine;
+using AnomalySD.Prompts;
+using AnomalySD.Text;
+using Microsoft.Extensions.Logging;
+
+namespace AnomalySD.Pipeline;
+
+/// <summary>Options of <see cref="Fitting.Fit"/>. Defaults are the paper's where it has one (section 5.1).</summary>
+/// <param name="Model">"compact" (trained from scratch) or a diffusers SD inpainting folder.</param>
+/// <param name="Shots">K normal images per category, 0..; 0 = no fine-tuning, no prototype bank.</param>
+/// <param name="ShotSeed">null: the first K in sorted order; else a seeded random choice.</param>
+/// <param name="ImageSize">Model resolution in pixels (0 = 128 for compact, 512 for SD); a multiple of 32.</param>
+/// <param name="UnetSteps">UNet fine-tuning steps (eq. 8).</param>
+/// <param name="DecoderSteps">Decoder fine-tuning steps (eq. 9-10; SD models).</param>
+/// <param name="AutoencoderSteps">Autoencoder steps from scratch (compact only).</param>
+public sealed record FitOptions(
+    string Model = "compact", int Shots = 1, int? ShotSeed = null, int ImageSize = 0, int UnetSteps = 300, int DecoderSteps = 100,
+    int AutoencoderSteps = 300, int BatchSize = 8, double LearningRate = 1e-4, ulong Seed = 0, string Device = "cpu",
+    AsdDtypeName Dtype = AsdDtypeName.F32, DistanceKind Distance = DistanceKind.Resnet18Uniform, string? AlexNetPath = null,
+    string? LpipsPath = null, string? ResNet18Path = null, string? PromptsPath = null, string? ForegroundMasksDir = null)
+{
+    public bool IsCompact => string.Equals(Model, "compact", StringComparison.OrdinalIgnoreCase);
+    public int ResolvedImageSize => ImageSize > 0 ? ImageSize : IsCompact ? 128 : 512;
+}
+
+/// <summary>Model dtypes a user can pick.</summary>
+public enum AsdDtypeName { F32, F16, BF16 }
+
+/// <summary>What a checkpoint records besides weights: categories with their prompts and λ, resolution, options.</summary>
+public sealed record CheckpointMetadata(int ImageSize, string ModelSource, int Shots, string Distance, IReadOnlyList<CategoryPrompts> Categories,
+                                        IReadOnlyDictionary<string, IReadOnlyList<string>> Shots_, string Tokenizer)
+{
+    public JsonObject ToJson() => new()
+    {
+        ["image_size"] = ImageSize,
+        ["model_source"] = ModelSource,
+        ["shots"] = Shots,
+        ["distance"] = Distance,
+        ["tokenizer"] = Tokenizer,
+        ["categories"] = new JsonArray(Categories.Select(c => (JsonNode)new JsonObject
+        {
+            ["name"] = c.Category,
+            ["display_name"] = c.Name,
+            ["coarse"] = new JsonArray(c.Coarse.Select(p => (JsonNode)JsonValue.Create(p)!).ToArray()),
+            ["fine"] = new JsonArray(c.Fine.Select(p => (JsonNode)JsonValue.Create(p)!).ToArray()),
+            ["noise_strength"] = c.NoiseStrength,
+            ["object_type"] = c.ObjectType == ObjectType.Texture ? "texture" : "object",
+            ["shot_paths"] = new JsonArray((Shots_.GetValueOrDefault(c.Category) ?? []).Select(p => (JsonNode)JsonValue.Create(p)!).ToArray()),
+        }).ToArray()),
+    };
+
+    /// <exception cref="InvalidDataException">the checkpoint's metadata is missing or malformed.</exception>
+    public static CheckpointMetadata FromJson(JsonObject? j, string source)
+    {
+        if (j is null || j["categories"] is not JsonArray cats || j["image_size"] is null)
+            throw new InvalidDataException($"{source}: not a fitted AnomalySD checkpoint (no categories in anomalysd.json metadata)");
+        var categories = new List<CategoryPrompts>();
+        var shots = new Dictionary<string, IReadOnlyList<string>>();
+        foreach (var c in cats.OfType<JsonObject>())
+        {
+            string name = c["name"]!.GetValue<string>();
+            categories.Add(new CategoryPrompts(name, c["display_name"]?.GetValue<string>() ?? name,
+                c["coarse"]!.AsArray().Select(p => p!.GetValue<string>()).ToList(), c["fine"]!.AsArray().Select(p => p!.GetValue<string>()).ToList(),
+                c["noise_strength"]!.GetValue<double>(), c["object_type"]?.GetValue<string>() == "texture" ? ObjectType.Texture : ObjectType.Object, false));
+            shots[name] = c["shot_paths"]?.AsArray().Select(p => p!.GetValue<string>()).ToList() ?? [];
+        }
+        return new CheckpointMetadata(j["image_size"]!.GetValue<int>(), j["model_source"]?.GetValue<string>() ?? "", j["shots"]?.GetValue<int>() ?? 0,
+            j["distance"]?.GetValue<string>() ?? "resnet18_uniform", categories, shots, j["tokenizer"]?.GetValue<string>() ?? "hash");
+    }
+}
+
+/// <summary>Fits one AnomalySD model for all categories (paper section 4.1) and prepares it for scoring.</summary>
+public static class Fitting
+{
+    /// <summary>The tokenizer of a model source: the folder's CLIP tokenizer, or the hash tokenizer of the compact preset.</summary>
+    public static IPromptTokenizer TokenizerFor(string modelSource, string kind) =>
+        kind == "clip" && Directory.Exists(Path.Combine(modelSource, "tokenizer"))
+            ? new ClipPromptTokenizer(ClipTokenizer.FromFolder(Path.Combine(modelSource, "tokenizer")))
+            : new HashPromptTokenizer();
+
+    /// <summary>
+    /// Loads the shots, fine-tunes (autoencoder from scratch for compact, then UNet, then decoder for SD models),
+    /// sets every category's condition, builds the prototype banks and returns the model with its metadata.
+    /// </summary>
+    public static (InpaintingModel Model, CheckpointMetadata Metadata) Fit(IDataset dataset, IReadOnlyList<string> categories, FitOptions o,
+                                                                           ILogger log, Action<string, int, int>? progress = null)
+    {
+        if (o.ResolvedImageSize % 32 != 0) throw new ArgumentException($"image size {o.ResolvedImageSize} must be a multiple of 32");
+        var catalog = o.PromptsPath is null ? PromptCatalog.BuiltIn() : PromptCatalog.Load(o.PromptsPath);
+        int size = o.ResolvedImageSize;
+        var model = o.IsCompact
+            ? InpaintingModel.CreateCompact(o.Seed, o.Device)
+            : InpaintingModel.Load(o.Model, o.Device, o.Dtype switch { AsdDtypeName.F16 => Native.AsdDtype.F16, AsdDtypeName.BF16 => Native.AsdDtype.BF16, _ => Native.AsdDtype.F32 });
+        try
+        {
+            string tokenizerKind = o.IsCompact ? "hash" : "clip";
+            var tokenizer = TokenizerFor(o.Model, tokenizerKind);
+            var prompts = new List<CategoryPrompts>();
+            var shotPaths = new Dictionary<string, IReadOnlyList<string>>();
+            var shotImages = new Dictionary<string, List<RgbImage>>();
+            var foregrounds = new Dictionary<string, List<BinaryMask>>();
+            foreach (string category in categories)
+            {
+                var p = catalog.Get(category);
+                if (p.IsFallback) log.LogWarning("category '{Category}' has no prompts in {Source}; using the generic ones", category, catalog.Source);
+                prompts.Add(p);
+                var shots = ShotSelection.Select(dataset.Train(category), o.Shots, o.ShotSeed);
+                shotPaths[category] = shots.Select(s => s.ImagePath).ToList();
+                shotImages[category] = shots.Select(s => ImageIO.LoadRgb(s.ImagePath, size)).ToList();
+                foregrounds[category] = shots.Select((s, i) => ForegroundFor(s, shotImages[category][i], p.ObjectType, o.ForegroundMasksDir, size)).ToList();
+                log.LogInformation("{Category}: {Shots} shot(s), foreground {Fraction}", category, shots.Count,
+                    string.Join(", ", foregrounds[category].Select(m => $"{m.Count / (double)(size * size):P0}")));
+            }
+
+            if (o.Shots > 0)
+            {
+                var options = new TrainerOptions(o.BatchSize, 1, o.LearningRate, o.Seed);
+                if (o.IsCompact)
+                    Train(model, TrainerKind.Autoencoder, options with { LearningRate = Math.Max(o.LearningRate, 1e-3) }, o.AutoencoderSteps,
+                          categories, shotImages, foregrounds, prompts, tokenizer, log, progress);
+                Train(model, TrainerKind.Unet, o.IsCompact ? options with { LearningRate = Math.Max(o.LearningRate, 5e-4) } : options, o.UnetSteps,
+                      categories, shotImages, foregrounds, prompts, tokenizer, log, progress);
+                if (!o.IsCompact && o.DecoderSteps > 0)
+                    Train(model, TrainerKind.Decoder, options, o.DecoderSteps, categories, shotImages, foregrounds, prompts, tokenizer, log, progress);
+            }
+            else if (o.IsCompact)
+            {
+                log.LogWarning("--shots 0 with the compact preset: the model is untrained (random weights); use an SD inpainting folder for zero-shot");
+            }
+
+            foreach (var p in prompts) model.SetCategory(p.Category, tokenizer.EncodePadded(p.All), tokenizer.MaxLength);
+            ConfigureScoring(model, o.ResNet18Path, o.Distance, o.AlexNetPath, o.LpipsPath);
+            foreach (string category in categories) model.AddPrototypes(category, shotImages[category]);
+            var metadata = new CheckpointMetadata(size, o.IsCompact ? "compact" : Path.GetFullPath(o.Model), o.Shots,
+                o.Distance == DistanceKind.LpipsAlex ? "lpips_alex" : "resnet18_uniform", prompts, shotPaths, tokenizerKind);
+            return (model, metadata);
+        }
+        catch
+        {
+            model.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>Configures the scoring backbones, finding the build's ResNet18 when no path is given.</summary>
+    /// <exception cref="FileNotFoundException">no ResNet18 weights were found.</exception>
+    public static void ConfigureScoring(InpaintingModel model, string? resnet18, DistanceKind distance, string? alexnet, string? lpips)
+    {
+        string path = resnet18 ?? ScoringOptions.DefaultResNet18Path()
+            ?? throw new FileNotFoundException("ResNet18 weights (resnet18_imagenet.safetensors) not found: run ./build.sh, or pass --resnet18 / set ANOMALYSD_RESNET18");
+        model.ConfigureScoring(new ScoringOptions(path, distance, alexnet, lpips));
+    }
+
+    private static BinaryMask ForegroundFor(Sample s, RgbImage image, ObjectType type, string? userMasks, int size)
+    {
+        if (userMasks is not null)
+        {
+            string? user = DatasetFiles.MasksByStem(Path.Combine(userMasks, s.Category)).GetValueOrDefault(s.Stem)
+                           ?? DatasetFiles.MasksByStem(userMasks).GetValueOrDefault(s.Stem);
+            if (user is not null) return ImageIO.LoadMask(user, size);
+        }
+        return type == ObjectType.Texture ? ForegroundMask.Full(size, size) : ForegroundMask.Compute(image);
+    }
+
+    private static void Train(InpaintingModel model, TrainerKind kind, TrainerOptions options, int steps, IReadOnlyList<string> categories,
+                              Dictionary<string, List<RgbImage>> images, Dictionary<string, List<BinaryMask>> foregrounds,
+                              List<CategoryPrompts> prompts, IPromptTokenizer tokenizer, ILogger log, Action<string, int, int>? progress)
+    {
+        if (steps <= 0) return;
+        using var trainer = ModelTrainer.Create(model, kind, options);
+        foreach (var (category, p) in categories.Zip(prompts))
+            trainer.AddCategory(category, images[category], foregrounds[category], tokenizer.EncodePadded(p.All), tokenizer.MaxLength);
+        const int chunk = 10;
+        var watch = System.Diagnostics.Stopwatch.StartNew();
+        for (int done = 0; done < steps;)
+        {
+            int n = Math.Min(chunk, steps - done);
+            double loss = trainer.Run(n);
+            done += n;
+            progress?.Invoke($"fit {kind.ToString().ToLowerInvariant()}", done, steps);
+            if (done == steps || done % 50 == 0)
+                log.LogInformation("{Kind} step {Done}/{Steps}: loss {Loss:F5} ({Seconds:F0} s)", kind, done, steps, loss, watch.Elapsed.TotalSeconds);
+        }
+    }
+}

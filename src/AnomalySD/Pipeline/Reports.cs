@@ -1,0 +1,160 @@
+using System.Globalization;
+using System.Text;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using AnomalySD.Data;
+using AnomalySD.Scoring;
+using SixLabors.ImageSharp;
+using SixLabors.ImageSharp.PixelFormats;
+
+namespace AnomalySD.Pipeline;
+
+/// <summary>Visualisation helpers: pure functions from maps to pixels.</summary>
+public static class Visuals
+{
+    /// <summary>A jet-like colormap of t in [0, 1] (blue → cyan → yellow → red).</summary>
+    public static Rgb24 Colormap(double t)
+    {
+        t = Math.Clamp(t, 0, 1);
+        double r = Math.Clamp(1.5 - Math.Abs(4 * t - 3), 0, 1), g = Math.Clamp(1.5 - Math.Abs(4 * t - 2), 0, 1), b = Math.Clamp(1.5 - Math.Abs(4 * t - 1), 0, 1);
+        return new Rgb24((byte)(255 * r), (byte)(255 * g), (byte)(255 * b));
+    }
+
+    /// <summary>The image blended 50/50 with the colormapped anomaly map (normalised by <paramref name="max"/>), with the
+    /// ground-truth outline (if any) in white.</summary>
+    public static Image<Rgb24> Overlay(RgbImage image, Map2D map, double max, BinaryMask? groundTruth)
+    {
+        int w = image.Width, h = image.Height;
+        var result = new Image<Rgb24>(w, h);
+        for (int y = 0; y < h; y++)
+        for (int x = 0; x < w; x++)
+        {
+            var c = Colormap(max > 0 ? map[y, x] / max : 0);
+            byte Mix(float v, byte m) => (byte)Math.Clamp(0.5 * v * 255 + 0.5 * m, 0, 255);
+            var px = new Rgb24(Mix(image[0, y, x], c.R), Mix(image[1, y, x], c.G), Mix(image[2, y, x], c.B));
+            if (groundTruth is not null && groundTruth[y, x] == 1 &&
+                (x == 0 || y == 0 || x == w - 1 || y == h - 1 || groundTruth[y, x - 1] == 0 || groundTruth[y, x + 1] == 0 || groundTruth[y - 1, x] == 0 || groundTruth[y + 1, x] == 0))
+                px = new Rgb24(255, 255, 255);
+            result[x, y] = px;
+        }
+        return result;
+    }
+
+    /// <summary>ROC points (FPR, TPR) over all distinct thresholds, ties grouped; starts at (0, 0), ends at (1, 1).</summary>
+    public static (double[] Fpr, double[] Tpr) RocCurve(IReadOnlyList<double> scores, IReadOnlyList<bool> labels)
+    {
+        var order = Enumerable.Range(0, scores.Count).OrderByDescending(i => scores[i]).ToArray();
+        int pos = labels.Count(l => l), neg = labels.Count - pos;
+        var fpr = new List<double> { 0 };
+        var tpr = new List<double> { 0 };
+        int tp = 0, fp = 0;
+        for (int k = 0; k < order.Length; k++)
+        {
+            if (labels[order[k]]) tp++; else fp++;
+            if (k + 1 < order.Length && scores[order[k + 1]] == scores[order[k]]) continue;
+            fpr.Add(neg == 0 ? 0 : fp / (double)neg);
+            tpr.Add(pos == 0 ? 0 : tp / (double)pos);
+        }
+        return (fpr.ToArray(), tpr.ToArray());
+    }
+}
+
+/// <summary>Writes results.json, report.md, ROC curve PNGs and heatmap overlays of the best and worst cases.</summary>
+public static class ReportWriter
+{
+    public static void Write(string outDir, EvaluationResult result, JsonObject run)
+    {
+        Directory.CreateDirectory(outDir);
+        var json = new JsonObject
+        {
+            ["run"] = run,
+            ["categories"] = new JsonObject(result.Categories.Select(c => new KeyValuePair<string, JsonNode?>(c.Category, Row(c)))),
+            ["mean"] = Row(result.Mean),
+            ["skipped"] = new JsonArray(result.Skipped.Select(s => (JsonNode)JsonValue.Create(s)!).ToArray()),
+            ["wall_seconds"] = result.Seconds,
+        };
+        WriteAtomically(Path.Combine(outDir, "results.json"), json.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+
+        var md = new StringBuilder();
+        md.AppendLine("# AnomalySD evaluation").AppendLine();
+        foreach (var (k, v) in run) md.AppendLine($"- {k}: {v?.ToJsonString().Trim('"')}");
+        md.AppendLine($"- wall time: {result.Seconds:F0} s").AppendLine();
+        md.AppendLine(Table(result));
+        if (result.Skipped.Count > 0)
+        {
+            md.AppendLine().AppendLine($"Skipped files ({result.Skipped.Count}):");
+            foreach (string s in result.Skipped) md.AppendLine($"- {s}");
+        }
+        md.AppendLine();
+        foreach (var (category, images) in result.Scored)
+        {
+            if (images.Count == 0) continue;
+            string roc = $"roc_{category}.png";
+            PlotRoc(Path.Combine(outDir, roc), category, images);
+            md.AppendLine($"## {category}").AppendLine().AppendLine($"![ROC {category}]({roc})").AppendLine();
+            double max = images.Max(i => i.Map.Max());
+            foreach (var (label, pick) in Cases(images))
+            {
+                string file = $"{category}_{label}_{Sanitize(pick.Sample.Stem)}_{Sanitize(pick.Sample.DefectType)}.png";
+                using var overlay = Visuals.Overlay(pick.Image, pick.Map, max, pick.GroundTruth);
+                overlay.SaveAsPng(Path.Combine(outDir, file));
+                md.AppendLine($"- {label}: `{pick.Sample.ImagePath}` score {pick.Score:G4} ({(pick.Sample.IsAnomalous ? "anomalous" : "normal")}) ![{label}]({file})");
+            }
+            md.AppendLine();
+        }
+        WriteAtomically(Path.Combine(outDir, "report.md"), md.ToString());
+    }
+
+    /// <summary>The metrics table (markdown).</summary>
+    public static string Table(EvaluationResult r)
+    {
+        var sb = new StringBuilder();
+        sb.AppendLine("| category | images | image AUROC | image AP | image F1-max | pixel AUROC | pixel F1-max | PRO |");
+        sb.AppendLine("|---|---|---|---|---|---|---|---|");
+        foreach (var c in r.Categories.Append(r.Mean))
+            sb.AppendLine($"| {c.Category} | {c.Images} | {F(c.ImageAuroc)} | {F(c.ImageAp)} | {F(c.ImageF1Max)} | {F(c.PixelAuroc)} | {F(c.PixelF1Max)} | {F(c.Pro)} |");
+        return sb.ToString();
+    }
+
+    private static IEnumerable<(string, ScoredImage)> Cases(IReadOnlyList<ScoredImage> images)
+    {
+        var anomalous = images.Where(i => i.Sample.IsAnomalous).OrderByDescending(i => i.Score).ToList();
+        var normal = images.Where(i => !i.Sample.IsAnomalous).OrderByDescending(i => i.Score).ToList();
+        if (anomalous.Count > 0) yield return ("best_detected", anomalous[0]);
+        if (anomalous.Count > 1) yield return ("worst_missed", anomalous[^1]);
+        if (normal.Count > 0) yield return ("worst_false_alarm", normal[0]);
+    }
+
+    private static void PlotRoc(string path, string category, IReadOnlyList<ScoredImage> images)
+    {
+        var (fpr, tpr) = Visuals.RocCurve(images.Select(i => i.Score).ToList(), images.Select(i => i.Sample.IsAnomalous).ToList());
+        var plot = new ScottPlot.Plot();
+        plot.Add.Scatter(fpr, tpr);
+        plot.Add.Line(0, 0, 1, 1).LinePattern = ScottPlot.LinePattern.Dashed;
+        plot.Title($"image ROC: {category}");
+        plot.XLabel("false positive rate");
+        plot.YLabel("true positive rate");
+        string tmp = path + ".tmp.png";
+        plot.SavePng(tmp, 480, 400);
+        File.Move(tmp, path, overwrite: true);
+    }
+
+    private static JsonObject Row(CategoryMetrics c) => new()
+    {
+        ["images"] = c.Images, ["skipped"] = c.Skipped,
+        ["image_auroc"] = Num(c.ImageAuroc), ["image_ap"] = Num(c.ImageAp), ["image_f1_max"] = Num(c.ImageF1Max),
+        ["pixel_auroc"] = Num(c.PixelAuroc), ["pixel_f1_max"] = Num(c.PixelF1Max), ["pro"] = Num(c.Pro), ["seconds"] = c.Seconds,
+    };
+
+    private static JsonNode? Num(double v) => double.IsNaN(v) ? null : JsonValue.Create(v);
+    private static string F(double v) => double.IsNaN(v) ? "n/a" : v.ToString("F3", CultureInfo.InvariantCulture);
+    private static string Sanitize(string s) => string.Concat(s.Select(ch => char.IsLetterOrDigit(ch) || ch is '-' or '_' ? ch : '_'));
+
+    /// <summary>Writes text to a temporary sibling, then renames it over <paramref name="path"/>.</summary>
+    public static void WriteAtomically(string path, string text)
+    {
+        string tmp = $"{path}.tmp-{Environment.ProcessId}";
+        File.WriteAllText(tmp, text);
+        File.Move(tmp, path, overwrite: true);
+    }
+}
