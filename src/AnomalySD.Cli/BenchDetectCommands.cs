@@ -19,7 +19,7 @@ public sealed class BenchOptions : EngineOptions
     public string Model { get; set; } = "compact";
 
     [Option("image-size", Default = 0, HelpText = "Resolution (0: 128 for compact, 512 otherwise).")]
-    public int ImageSize { get; set; }
+    public int ImageSize { get; set; } = 0;
 
     [Option("dtype", Default = "F32", HelpText = "F32, F16 or BF16 (comma-separated to compare several).")]
     public string Dtype { get; set; } = "F32";
@@ -28,19 +28,19 @@ public sealed class BenchOptions : EngineOptions
     public string Modes { get; set; } = "naive,batched";
 
     [Option("images", Default = 1, HelpText = "Images timed per mode (after one warm-up).")]
-    public int Images { get; set; }
+    public int Images { get; set; } = 1;
 
     [Option("num-inference-steps", Default = 50)]
-    public int NumInferenceSteps { get; set; }
+    public int NumInferenceSteps { get; set; } = 50;
 
     [Option("noise-strength", Default = 0.4)]
-    public double NoiseStrength { get; set; }
+    public double NoiseStrength { get; set; } = 0.4;
 
     [Option("scales", Default = "1,2,4,8")]
     public string Scales { get; set; } = "1,2,4,8";
 
     [Option("inpaint-batch", Default = 0, HelpText = "Masks per UNet batch in batched mode (0: from available memory).")]
-    public int InpaintBatch { get; set; }
+    public int InpaintBatch { get; set; } = 0;
 }
 
 [Verb("detect", HelpText = "Score images (files or folders) with a checkpoint: per-image score, decision at a threshold, heatmap PNGs.")]
@@ -62,7 +62,7 @@ public sealed class DetectOptions : EngineOptions
     public string? Out { get; set; }
 
     [Option("masks", Default = MaskStrategy.Full)]
-    public MaskStrategy Masks { get; set; }
+    public MaskStrategy Masks { get; set; } = MaskStrategy.Full;
 
     [Option("resnet18")]
     public string? ResNet18 { get; set; }

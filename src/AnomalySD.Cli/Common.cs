@@ -8,7 +8,7 @@ namespace AnomalySD.Cli;
 public abstract class EngineOptions
 {
     [Option("seed", Default = 0UL, HelpText = "Seed of every random choice (training batches, masks, inpainting noise).")]
-    public ulong Seed { get; set; }
+    public ulong Seed { get; set; } = 0UL;
 
     [Option("device", Default = "cpu", HelpText = "cpu, cuda or cuda:N.")]
     public string Device { get; set; } = "cpu";

@@ -10,13 +10,13 @@ public sealed class DemoOptions : EngineOptions
     public string Out { get; set; } = "anomalysd-demo";
 
     [Option("image-size", Default = 64, HelpText = "Resolution of the synthetic images and of the model.")]
-    public int ImageSize { get; set; }
+    public int ImageSize { get; set; } = 64;
 
     [Option("unet-steps", Default = 200)]
-    public int UnetSteps { get; set; }
+    public int UnetSteps { get; set; } = 200;
 
     [Option("autoencoder-steps", Default = 200)]
-    public int AutoencoderSteps { get; set; }
+    public int AutoencoderSteps { get; set; } = 200;
 }
 
 public static class DemoCommand

@@ -18,7 +18,7 @@ public abstract class FitFlags : EngineOptions
     public string? Categories { get; set; }
 
     [Option("shots", Default = 1, HelpText = "K normal images per category (0-4 in the paper); 0 = no fine-tuning.")]
-    public int Shots { get; set; }
+    public int Shots { get; set; } = 1;
 
     [Option("shot-seed", HelpText = "Pick the shots at random with this seed (default: the first K in sorted order).")]
     public int? ShotSeed { get; set; }
@@ -27,28 +27,28 @@ public abstract class FitFlags : EngineOptions
     public string Model { get; set; } = "compact";
 
     [Option("image-size", Default = 0, HelpText = "Model resolution (0: 128 for compact, 512 for SD); a multiple of 32.")]
-    public int ImageSize { get; set; }
+    public int ImageSize { get; set; } = 0;
 
     [Option("unet-steps", Default = 300, HelpText = "UNet fine-tuning steps (eq. 8).")]
-    public int UnetSteps { get; set; }
+    public int UnetSteps { get; set; } = 300;
 
     [Option("decoder-steps", Default = 100, HelpText = "Decoder fine-tuning steps (eq. 9-10, SD models).")]
-    public int DecoderSteps { get; set; }
+    public int DecoderSteps { get; set; } = 100;
 
     [Option("autoencoder-steps", Default = 300, HelpText = "Autoencoder training steps from scratch (compact only).")]
-    public int AutoencoderSteps { get; set; }
+    public int AutoencoderSteps { get; set; } = 300;
 
     [Option("batch-size", Default = 8, HelpText = "Training batch size.")]
-    public int BatchSize { get; set; }
+    public int BatchSize { get; set; } = 8;
 
     [Option("lr", Default = 1e-4, HelpText = "Adam learning rate (compact raises it to at least 5e-4 for the UNet, 1e-3 for the autoencoder).")]
-    public double LearningRate { get; set; }
+    public double LearningRate { get; set; } = 1e-4;
 
     [Option("dtype", Default = AsdDtypeName.F32, HelpText = "Weights dtype of an SD model: F32, F16, BF16.")]
-    public AsdDtypeName Dtype { get; set; }
+    public AsdDtypeName Dtype { get; set; } = AsdDtypeName.F32;
 
     [Option("distance", Default = DistanceKind.Resnet18Uniform, HelpText = "Perceptual distance: LpipsAlex (needs --alexnet, --lpips) or Resnet18Uniform.")]
-    public DistanceKind Distance { get; set; }
+    public DistanceKind Distance { get; set; } = DistanceKind.Resnet18Uniform;
 
     [Option("alexnet", HelpText = "torchvision AlexNet weights (safetensors) for LPIPS.")]
     public string? AlexNet { get; set; }
@@ -86,10 +86,10 @@ public sealed class EvalOptionsVerb : FitFlags
     public string Out { get; set; } = "";
 
     [Option("masks", Default = MaskStrategy.Full, HelpText = "Full (multi-scale + prototype), MultiScale, or Prototype (E only, PatchCore-like baseline).")]
-    public MaskStrategy Masks { get; set; }
+    public MaskStrategy Masks { get; set; } = MaskStrategy.Full;
 
     [Option("num-inference-steps", Default = 50, HelpText = "DDIM schedule length.")]
-    public int NumInferenceSteps { get; set; }
+    public int NumInferenceSteps { get; set; } = 50;
 
     [Option("noise-strength", HelpText = "λ for every category (default: each category's value from the prompt file).")]
     public double? NoiseStrength { get; set; }
@@ -98,7 +98,7 @@ public sealed class EvalOptionsVerb : FitFlags
     public string Scales { get; set; } = "1,2,4,8";
 
     [Option("inpaint-batch", Default = 0, HelpText = "Masks per UNet batch (0: from available memory).")]
-    public int InpaintBatch { get; set; }
+    public int InpaintBatch { get; set; } = 0;
 
     [Option("max-images", HelpText = "Evaluate at most N test images per category (spread over normal and anomalous).")]
     public int? MaxImages { get; set; }

@@ -206,10 +206,10 @@ public sealed class InpaintingModel : IDisposable
 /// <summary>The perceptual distance of eq. 16-17.</summary>
 public enum DistanceKind
 {
+    /// <summary>The offline default: the LPIPS formula on the ImageNet ResNet18's layer1-3 with uniform channel weights.</summary>
+    Resnet18Uniform,
     /// <summary>LPIPS v0.1 with AlexNet (the paper's): needs torchvision AlexNet weights and the LPIPS linear weights.</summary>
     LpipsAlex,
-    /// <summary>The offline fallback: the same formula on the ImageNet ResNet18's layer1-3 with uniform channel weights.</summary>
-    Resnet18Uniform,
 }
 
 /// <summary>Scoring backbones. <paramref name="ResNet18Path"/>: torchvision-named ResNet18 safetensors (the build writes

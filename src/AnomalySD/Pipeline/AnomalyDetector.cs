@@ -82,7 +82,7 @@ public sealed class AnomalyDetector(InpaintingModel model, DetectorOptions optio
     private static Map2D ToMap(BinaryMask m) => new(m.Height, m.Width, Array.ConvertAll(m.Data, v => (double)v));
 
     /// <summary>Bilinear resize (align_corners = false, edge clamped), for the E-only baseline.</summary>
-    internal static Map2D Bilinear(Map2D src, int height, int width)
+    public static Map2D Bilinear(Map2D src, int height, int width)
     {
         var dst = new Map2D(height, width);
         double sy = (double)src.Height / height, sx = (double)src.Width / width;

@@ -1,0 +1,68 @@
+using AnomalySD.Cli;
+using AnomalySD.Data;
+using AnomalySD.Pipeline;
+using AnomalySD.Scoring;
+using Xunit;
+
+namespace AnomalySD.Tests;
+
+public sealed class CliAndReportTests
+{
+    [Fact]
+    public void OptionsFileExpandsToFlagsAndCommandLineWins()
+    {
+        string path = Path.Combine(Path.GetTempPath(), $"opts-{Guid.NewGuid():N}.json");
+        File.WriteAllText(path, """{"shots": 2, "categories": ["bottle", "pcb"], "verbose": true, "seed": 9, "max_images": null}""");
+        try
+        {
+            var args = CliSupport.ExpandConfig(["eval", "--config", path, "--seed", "3"]);
+            Assert.Equal(["eval", "--seed", "3", "--shots", "2", "--categories", "bottle,pcb", "--verbose"], args);
+        }
+        finally { File.Delete(path); }
+        Assert.Throws<FileNotFoundException>(() => CliSupport.ExpandConfig(["fit", "--config", "/nonexistent.json"]));
+    }
+
+    [Fact]
+    public void RocCurveGroupsTies()
+    {
+        // scores 0.9(+), 0.8(-), 0.8(+), 0.1(-): thresholds 0.9 -> (0, 0.5); 0.8 (tie) -> (0.5, 1); 0.1 -> (1, 1).
+        var (fpr, tpr) = Visuals.RocCurve([0.9, 0.8, 0.8, 0.1], [true, false, true, false]);
+        Assert.Equal([0, 0, 0.5, 1], fpr);
+        Assert.Equal([0, 0.5, 1, 1], tpr);
+    }
+
+    [Fact]
+    public void BilinearUpsamplingMatchesHandValues()
+    {
+        // 1x2 map [0, 1] -> 1x4 with align_corners = false: x = 0.25 * ... -> [0, 0.25, 0.75, 1].
+        var up = AnomalyDetector.Bilinear(new Map2D(1, 2, [0.0, 1.0]), 1, 4);
+        Assert.Equal([0, 0.25, 0.75, 1], up.Data);
+    }
+
+    [Fact]
+    public void SyntheticDatasetHasExactMasksInMVTecLayout()
+    {
+        string root = Directory.CreateTempSubdirectory("anomalysd-synth-").FullName;
+        try
+        {
+            SyntheticDataset.Write(root, size: 64, train: 2, testGood: 2, testPerDefect: 2, seed: 1);
+            var ds = Datasets.Open(root);
+            Assert.Equal(["washer", "weave"], ds.Categories);
+            var test = ds.Test("washer");
+            Assert.Equal(2 + 3 * 2, test.Count);
+            foreach (var s in test.Where(s => s.IsAnomalous))
+            {
+                var mask = ImageIO.LoadMask(s.MaskPath!, 0, 64, 64);
+                var image = ImageIO.LoadRgb(s.ImagePath, 0);
+                Assert.True(mask.Count > 0, s.ImagePath);
+                if (s.DefectType == "hole")
+                {
+                    // Inside the mask the hole is drawn at 0.02 (5/255 after rounding): exact masks.
+                    for (int i = 0; i < mask.Data.Length; i++)
+                        if (mask.Data[i] == 1) Assert.True(image.Data[i] < 0.03f);
+                }
+            }
+        }
+        finally { Directory.Delete(root, recursive: true); }
+    }
+}

@@ -1,0 +1,101 @@
+using System.Text.Json.Nodes;
+using AnomalySD.Cli;
+using AnomalySD.Data;
+using AnomalySD.Engine;
+using AnomalySD.Pipeline;
+using Xunit;
+using Xunit.Abstractions;
+
+namespace AnomalySD.Tests;
+
+/// <summary>The main job on a tiny slice of ../shared/data (bottle and pcb, 1 shot, 64x64, few steps and masks).</summary>
+[Collection(NativeCollection.Name)]
+public sealed class EndToEndTests(ITestOutputHelper output) : IDisposable
+{
+    private readonly string _dir = Directory.CreateTempSubdirectory("anomalysd-e2e-").FullName;
+
+    public void Dispose() => Directory.Delete(_dir, recursive: true);
+
+    private EvalOptionsVerb TinyEval(string outDir) => new()
+    {
+        Data = TestPaths.Shared("data"), Categories = "bottle,pcb", Shots = 1, Model = "compact", ImageSize = 64,
+        UnetSteps = 10, AutoencoderSteps = 10, BatchSize = 4, LearningRate = 1e-4, Out = outDir, Seed = 5,
+        Scales = "1,2", NumInferenceSteps = 10, MaxImages = 4, Masks = MaskStrategy.Full,
+    };
+
+    [Fact]
+    public void FitEvalWritesReportAndCheckpointReloadsToTheSameScores()
+    {
+        // fit -> checkpoint -> eval from the checkpoint; then eval again: same scores (seeded, CPU-deterministic).
+        string ckpt = Path.Combine(_dir, "model");
+        var fit = new FitOptionsVerb
+        {
+            Data = TestPaths.Shared("data"), Categories = "bottle,pcb", Shots = 1, Model = "compact", ImageSize = 64,
+            UnetSteps = 10, AutoencoderSteps = 10, BatchSize = 4, LearningRate = 1e-4, Out = ckpt, Seed = 5,
+        };
+        Assert.Equal(0, FitEvalCommands.Fit(fit));
+        Assert.True(File.Exists(Path.Combine(ckpt, "anomalysd.json")));
+        Assert.True(File.Exists(Path.Combine(ckpt, "prototype_banks.safetensors")));
+
+        string report = Path.Combine(_dir, "report");
+        var eval = TinyEval(report);
+        eval.Checkpoint = ckpt;
+        Assert.Equal(0, FitEvalCommands.Eval(eval));
+        var results = JsonNode.Parse(File.ReadAllText(Path.Combine(report, "results.json")))!.AsObject();
+        foreach (string category in new[] { "bottle", "pcb" })
+        {
+            var row = results["categories"]![category]!;
+            Assert.Equal(4, row["images"]!.GetValue<int>());
+            foreach (string metric in new[] { "image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "pixel_f1_max", "pro" })
+            {
+                double v = row[metric]!.GetValue<double>();
+                Assert.InRange(v, 0.0, 1.0);
+            }
+            Assert.True(File.Exists(Path.Combine(report, $"roc_{category}.png")));
+        }
+        Assert.NotNull(results["mean"]!["image_auroc"]);
+        string md = File.ReadAllText(Path.Combine(report, "report.md"));
+        Assert.Contains("| bottle |", md);
+        Assert.Contains("best_detected", md);
+        output.WriteLine(md);
+
+        // Same checkpoint, same seed: identical image scores.
+        using var model1 = FitEvalCommands.LoadCheckpoint(ckpt, "cpu", null, null, null, Microsoft.Extensions.Logging.Abstractions.NullLogger.Instance).Item1;
+        var meta = CheckpointMetadata.FromJson(model1.Info()["metadata"] as JsonObject, ckpt);
+        var detector = new AnomalyDetector(model1, new DetectorOptions(Scales: [1, 2], Inpaint: new InpaintOptions(10, 0.4, 0, 5)));
+        var image = ImageIO.LoadRgb(TestPaths.Shared("data/bottle/test/broken_large/000.png"), meta.ImageSize);
+        double a = detector.Score("bottle", image, 0.4).Score, b = detector.Score("bottle", image, 0.4).Score;
+        Assert.Equal(a, b);
+        Assert.True(a > 0);
+    }
+
+    [Fact]
+    public void PrototypeBaselineScoresWithoutInpainting()
+    {
+        string report = Path.Combine(_dir, "proto");
+        var eval = TinyEval(report);
+        eval.Masks = MaskStrategy.Prototype;
+        eval.UnetSteps = 0;
+        eval.AutoencoderSteps = 0;
+        Assert.Equal(0, FitEvalCommands.Eval(eval));
+        var results = JsonNode.Parse(File.ReadAllText(Path.Combine(report, "results.json")))!.AsObject();
+        Assert.Equal("Prototype", results["run"]!["masks"]!.GetValue<string>());
+        Assert.InRange(results["categories"]!["bottle"]!["pixel_auroc"]!.GetValue<double>(), 0.0, 1.0);
+    }
+
+    [Fact]
+    public void UnknownCategoryAndCorruptCheckpointAreClearErrors()
+    {
+        var eval = TinyEval(Path.Combine(_dir, "x"));
+        eval.Categories = "bottle,carpet";
+        var e = Assert.Throws<KeyNotFoundException>(() => FitEvalCommands.Eval(eval));
+        Assert.Contains("unknown category 'carpet'", e.Message);
+
+        string bad = Path.Combine(_dir, "bad");
+        Directory.CreateDirectory(bad);
+        File.WriteAllText(Path.Combine(bad, "model_index.json"), "{}");
+        File.WriteAllText(Path.Combine(bad, "anomalysd.json"), "{\"format\": \"anomalysd-checkpoint\", \"format_version\": 7}");
+        var ex = Assert.ThrowsAny<AnomalySD.Native.AsdException>(() => InpaintingModel.Load(bad));
+        Assert.Contains("format_version 7", ex.Message);
+    }
+}
