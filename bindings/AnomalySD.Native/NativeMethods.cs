@@ -110,6 +110,8 @@ public static unsafe partial class NativeMethods
     public static partial AsdStatus asd_model_inpaint_distances(ModelHandle model, string category, float* image, long height, long width,
                                                                 float* masks, long numMasks, in AsdInpaintOptions options,
                                                                 float* outDistances, float* outImages);
+    [LibraryImport(Library, StringMarshalling = StringMarshalling.Utf8)]
+    public static partial AsdStatus asd_resnet18_pooled(string weightsPath, float* images, long n, long height, long width, float* outPooled);
     [LibraryImport(Library)] public static partial AsdStatus asd_model_free(IntPtr model);
 
     [LibraryImport(Library, StringMarshalling = StringMarshalling.Utf8)]

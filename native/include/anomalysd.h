@@ -223,6 +223,12 @@ ASD_API asd_status asd_model_inpaint_distances(asd_model* model, const char* cat
                                                int64_t width, const float* masks, int64_t num_masks, const asd_inpaint_options* options,
                                                float* out_distances, float* out_images);
 
+/** The ResNet18 of `weights_path` (torchvision names + preprocessing metadata, e.g. resnet18_imagenet.safetensors) on
+ *  `n` RGB images (n x 3 x height x width, values in [0, 1]): the global average pool of layer4, n x 512 floats
+ *  written to `out_pooled` (the ONNX model's output without its classifier). For verifying a conversion. */
+ASD_API asd_status asd_resnet18_pooled(const char* weights_path, const float* images, int64_t n, int64_t height, int64_t width,
+                                       float* out_pooled);
+
 ASD_API asd_status asd_model_free(asd_model* model);
 
 /* ---------------------------------------------------------------- fine-tuning */

@@ -135,4 +135,18 @@ ASD_API asd_status asd_model_inpaint_distances(asd_model* model, const char* cat
   });
 }
 
+ASD_API asd_status asd_resnet18_pooled(const char* weights_path, const float* images, int64_t n, int64_t height, int64_t width,
+                                       float* out_pooled) {
+  return ASD_GUARD({
+    not_null(images, "images");
+    not_null(out_pooled, "out_pooled");
+    asd::require(n >= 1 && height > 0 && width > 0, "n, height and width must be > 0");
+    asd::ResNet18 net = asd::load_resnet18(not_null(weights_path, "weights_path"));
+    torch::NoGradGuard no_grad;
+    const torch::Tensor x = torch::from_blob(const_cast<float*>(images), {n, 3, height, width}, torch::kFloat32).clone();
+    const torch::Tensor pooled = net->pooled(net->preprocess().apply(x)).contiguous();
+    std::memcpy(out_pooled, pooled.data_ptr<float>(), static_cast<size_t>(pooled.numel()) * sizeof(float));
+  });
+}
+
 }  // extern "C"

@@ -41,6 +41,9 @@ torch::Tensor ImagePreprocess::apply(const torch::Tensor& rgb01) const {
   const auto opts = torch::TensorOptions().dtype(x.scalar_type()).device(x.device());
   const torch::Tensor m = torch::tensor(std::vector<double>(mean.begin(), mean.end()), torch::kFloat64).to(opts).view({1, 3, 1, 1});
   const torch::Tensor s = torch::tensor(std::vector<double>(std_dev.begin(), std_dev.end()), torch::kFloat64).to(opts).view({1, 3, 1, 1});
+  if (mean_image.defined() && mean_image.size(1) == x.size(2) && mean_image.size(2) == x.size(3)) {
+    return (x * scale - mean_image.to(opts).unsqueeze(0)) / s;
+  }
   return (x * scale - m) / s;
 }
 
@@ -175,17 +178,23 @@ torch::Tensor BasicBlockImpl::forward(const torch::Tensor& x) {
   return torch::relu(h + identity);
 }
 
-ResNet18Impl::ResNet18Impl(ResNetPadding padding, ImagePreprocess preprocess) : padding_(padding), preprocess_(preprocess) {
+ResNet18Impl::ResNet18Impl(ResNetPadding padding, ImagePreprocess preprocess, std::array<int64_t, 4> blocks)
+    : padding_(padding), preprocess_(preprocess) {
   conv1_ = register_module("conv1", make_conv(3, 64, 7, 2, padding));
   bn1_ = register_module("bn1", FrozenBatchNorm2d(64));
-  auto stage = [&](int64_t in, int64_t out, int64_t stride) {
-    return torch::nn::Sequential(BasicBlock(in, out, stride, padding), BasicBlock(out, out, 1, padding));
+  auto stage = [&](int64_t in, int64_t out, int64_t stride, int64_t n) {
+    require(n >= 1, "ResNet18: every stage needs at least one block");
+    torch::nn::Sequential seq(BasicBlock(in, out, stride, padding));
+    for (int64_t i = 1; i < n; ++i) seq->push_back(BasicBlock(out, out, 1, padding));
+    return seq;
   };
-  layer1_ = register_module("layer1", stage(64, 64, 1));
-  layer2_ = register_module("layer2", stage(64, 128, 2));
-  layer3_ = register_module("layer3", stage(128, 256, 2));
-  layer4_ = register_module("layer4", stage(256, 512, 2));
+  layer1_ = register_module("layer1", stage(64, 64, 1, blocks[0]));
+  layer2_ = register_module("layer2", stage(64, 128, 2, blocks[1]));
+  layer3_ = register_module("layer3", stage(128, 256, 2, blocks[2]));
+  layer4_ = register_module("layer4", stage(256, 512, 2, blocks[3]));
 }
+
+torch::Tensor ResNet18Impl::pooled(const torch::Tensor& x) { return forward(x, 4).layer4.mean({2, 3}); }
 
 ResNetFeatures ResNet18Impl::forward(const torch::Tensor& x, int last_stage) {
   require(last_stage >= 1 && last_stage <= 4, "ResNet18::forward: last_stage must be 1..4, got " + std::to_string(last_stage));
@@ -259,8 +268,19 @@ ResNet18 load_resnet18(const std::string& path, ResNetPadding padding, const Ima
   const auto header = safetensors::read_header(path);
   auto it = header.metadata.find("padding");
   if (it != header.metadata.end()) padding = resnet_padding_from_string(it->second);
-  ResNet18 net(padding, ImagePreprocess::from_metadata(header.metadata, preprocess, path));
+  std::array<int64_t, 4> blocks{2, 2, 2, 2};
+  if (auto b = header.metadata.find("blocks"); b != header.metadata.end()) {
+    std::stringstream ss(b->second);
+    std::string item;
+    for (int i = 0; i < 4; ++i) {
+      if (!std::getline(ss, item, ',')) throw_error(ASD_ERR_FORMAT, "'" + path + "': metadata 'blocks' needs 4 comma-separated counts: '" + b->second + "'");
+      blocks[static_cast<size_t>(i)] = std::stoll(item);
+    }
+  }
+  ImagePreprocess pre = ImagePreprocess::from_metadata(header.metadata, preprocess, path);
   const TensorMap weights = safetensors::load(path, torch::kFloat32);
+  if (const torch::Tensor* mean = weights.find("preprocess.mean")) pre.mean_image = *mean;
+  ResNet18 net(padding, pre, blocks);
   load_state_dict(*net, weights);
   net->eval();
   return net;

@@ -42,6 +42,9 @@ struct ImagePreprocess {
   double scale = 1.0;
   std::array<double, 3> mean{0.0, 0.0, 0.0};
   std::array<double, 3> std_dev{1.0, 1.0, 1.0};
+  /// Optional per-pixel mean [3, h, w] (backbone channel order, scaled units) that replaces `mean` for inputs of
+  /// exactly h x w: the CNTK export subtracts a 3x224x224 mean image (tensor "preprocess.mean" of its file).
+  torch::Tensor mean_image;
 
   /// torchvision ImageNet models: RGB, [0,1], mean (0.485, 0.456, 0.406), std (0.229, 0.224, 0.225).
   static ImagePreprocess imagenet_torchvision();
@@ -119,8 +122,11 @@ struct ResNetFeatures {
 /// Parameter names: conv1, bn1, layer{1..4}.{0,1}.{conv1,bn1,conv2,bn2}, layer{2,3,4}.0.downsample.{0,1}.
 class ResNet18Impl : public torch::nn::Module {
  public:
+  /// `blocks`: BasicBlocks per stage; torchvision resnet18 is {2, 2, 2, 2}, the CNTK ONNX export has {2, 2, 2, 3}
+  /// (read from its file's "blocks" metadata by load_resnet18).
   explicit ResNet18Impl(ResNetPadding padding = ResNetPadding::torchvision,
-                        ImagePreprocess preprocess = ImagePreprocess::imagenet_torchvision());
+                        ImagePreprocess preprocess = ImagePreprocess::imagenet_torchvision(),
+                        std::array<int64_t, 4> blocks = {2, 2, 2, 2});
 
   /// x: the already preprocessed input [B,3,H,W]. Returns layer1..layer`last_stage` (1..4); later stages
   /// are not computed. Sizes: torchvision padding ceil(H/4), ceil(H/8), ceil(H/16), ceil(H/32); at 224x224
@@ -128,6 +134,9 @@ class ResNet18Impl : public torch::nn::Module {
   /// its padded 3x3 and unpadded 1x1 stride-2 paths disagree on odd sizes, so it requires H and W to be
   /// multiples of 2^(last_stage+1) for last_stage >= 2 (ASD_ERR_INVALID_ARGUMENT otherwise).
   ResNetFeatures forward(const torch::Tensor& x, int last_stage = 4);
+
+  /// Global average pool of layer4: [B, 512] (the 512-d output of the ONNX model, without its fc).
+  torch::Tensor pooled(const torch::Tensor& x);
 
   /// Convenience: preprocess().apply(rgb01) then forward.
   ResNetFeatures features_from_rgb01(const torch::Tensor& rgb01, int last_stage = 4);

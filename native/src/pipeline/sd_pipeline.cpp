@@ -160,54 +160,50 @@ nlohmann::json compact_scheduler_config() {
           {"timestep_spacing", "leading"}, {"prediction_type", "epsilon"}};
 }
 
-SdComponents compact_preset(uint64_t seed) {
+namespace {
+/// Components with fresh (seeded) weights built from the four config objects.
+SdComponents from_configs(uint64_t seed, std::string source, nlohmann::json unet, nlohmann::json vae, nlohmann::json text_encoder,
+                          nlohmann::json scheduler) {
   torch::manual_seed(seed);
   SdComponents c;
-  c.source = "compact";
-  c.unet_config = compact_unet_config();
-  c.vae_config = compact_vae_config();
-  c.text_encoder_config = compact_text_encoder_config();
-  c.scheduler_config = compact_scheduler_config();
-  c.unet = models::unet_from_config(JsonConfig(c.unet_config, "compact unet"));
-  c.vae = models::vae_from_config(JsonConfig(c.vae_config, "compact vae"));
-  c.text_encoder = ClipTextModel(ClipTextConfig::from_json(JsonConfig(c.text_encoder_config, "compact text_encoder")));
-  c.scheduler = schedulers::DDIMSchedulerConfig::from_json(JsonConfig(c.scheduler_config, "compact scheduler"));
+  c.source = std::move(source);
+  c.unet_config = std::move(unet);
+  c.vae_config = std::move(vae);
+  c.text_encoder_config = std::move(text_encoder);
+  c.scheduler_config = std::move(scheduler);
+  c.unet = models::unet_from_config(JsonConfig(c.unet_config, c.source + " unet"));
+  c.vae = models::vae_from_config(JsonConfig(c.vae_config, c.source + " vae"));
+  c.text_encoder = ClipTextModel(ClipTextConfig::from_json(JsonConfig(c.text_encoder_config, c.source + " text_encoder")));
+  c.scheduler = schedulers::DDIMSchedulerConfig::from_json(JsonConfig(c.scheduler_config, c.source + " scheduler"));
   c.scaling_factor = c.vae->scaling_factor();
   c.unet->eval();
   c.vae->eval();
   c.text_encoder->eval();
   return c;
 }
+}  // namespace
+
+SdComponents compact_preset(uint64_t seed) {
+  return from_configs(seed, "compact", compact_unet_config(), compact_vae_config(), compact_text_encoder_config(), compact_scheduler_config());
+}
 
 SdComponents sd2_inpainting_random(uint64_t seed) {
-  torch::manual_seed(seed);
-  SdComponents c;
-  c.source = "sd2-inpainting (random weights)";
-  c.unet_config = {{"_class_name", "UNet2DConditionModel"}, {"sample_size", 64}, {"in_channels", 9}, {"out_channels", 4},
+  const nlohmann::json unet = {{"_class_name", "UNet2DConditionModel"}, {"sample_size", 64}, {"in_channels", 9}, {"out_channels", 4},
                    {"block_out_channels", {320, 640, 1280, 1280}}, {"layers_per_block", 2},
                    {"down_block_types", {"CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"}},
                    {"up_block_types", {"UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"}},
                    {"mid_block_type", "UNetMidBlock2DCrossAttn"}, {"attention_head_dim", {5, 10, 20, 20}},
                    {"cross_attention_dim", 1024}, {"use_linear_projection", true}, {"norm_num_groups", 32}, {"norm_eps", 1e-5},
                    {"flip_sin_to_cos", true}, {"freq_shift", 0}, {"act_fn", "silu"}, {"downsample_padding", 1}};
-  c.vae_config = {{"_class_name", "AutoencoderKL"}, {"in_channels", 3}, {"out_channels", 3}, {"latent_channels", 4},
+  const nlohmann::json vae = {{"_class_name", "AutoencoderKL"}, {"in_channels", 3}, {"out_channels", 3}, {"latent_channels", 4},
                   {"block_out_channels", {128, 256, 512, 512}}, {"layers_per_block", 2},
                   {"down_block_types", {"DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D"}},
                   {"up_block_types", {"UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D"}},
                   {"norm_num_groups", 32}, {"act_fn", "silu"}, {"sample_size", 512}, {"scaling_factor", 0.18215}};
-  c.text_encoder_config = {{"architectures", {"CLIPTextModel"}}, {"vocab_size", 49408}, {"hidden_size", 1024},
+  const nlohmann::json text_encoder = {{"architectures", {"CLIPTextModel"}}, {"vocab_size", 49408}, {"hidden_size", 1024},
                            {"intermediate_size", 4096}, {"num_hidden_layers", 23}, {"num_attention_heads", 16},
                            {"max_position_embeddings", 77}, {"layer_norm_eps", 1e-5}, {"hidden_act", "gelu"}};
-  c.scheduler_config = compact_scheduler_config();
-  c.unet = models::unet_from_config(JsonConfig(c.unet_config, "sd2-inpainting unet"));
-  c.vae = models::vae_from_config(JsonConfig(c.vae_config, "sd2-inpainting vae"));
-  c.text_encoder = ClipTextModel(ClipTextConfig::from_json(JsonConfig(c.text_encoder_config, "sd2-inpainting text_encoder")));
-  c.scheduler = schedulers::DDIMSchedulerConfig::from_json(JsonConfig(c.scheduler_config, "sd2-inpainting scheduler"));
-  c.scaling_factor = c.vae->scaling_factor();
-  c.unet->eval();
-  c.vae->eval();
-  c.text_encoder->eval();
-  return c;
+  return from_configs(seed, "sd2-inpainting (random weights)", unet, vae, text_encoder, compact_scheduler_config());
 }
 
 int64_t parameter_count(const torch::nn::Module& module) {
