@@ -25,7 +25,25 @@ void BM_CompactUNetStep(benchmark::State& state) {
   for (auto _ : state) benchmark::DoNotOptimize(c.unet->forward(x, t, ctx));
   state.counters["params"] = static_cast<double>(parameter_count(*c.unet));
 }
-BENCHMARK(BM_CompactUNetStep)->Args({1, 64})->Args({8, 64})->Args({8, 32})->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_CompactUNetStep)->Args({1, 64})->Args({8, 64})->Args({1, 32})->Args({8, 32})->Unit(benchmark::kMillisecond);
+
+// The same UNet with channels-last weights and inputs (oneDNN's preferred layout on CPU).
+void BM_CompactUNetStepChannelsLast(benchmark::State& state) {
+  c10::InferenceMode guard;
+  static SdComponents c = [] {
+    SdComponents s = compact_preset(0);
+    for (auto& p : s.unet->parameters()) {
+      if (p.dim() == 4) p.set_data(p.contiguous(torch::MemoryFormat::ChannelsLast));
+    }
+    return s;
+  }();
+  const int64_t batch = state.range(0), latent = state.range(1);
+  const auto x = torch::randn({batch, 9, latent, latent}).contiguous(torch::MemoryFormat::ChannelsLast);
+  const auto ctx = torch::randn({batch, 77, 64});
+  const auto t = torch::tensor({500}, torch::kInt64);
+  for (auto _ : state) benchmark::DoNotOptimize(c.unet->forward(x, t, ctx));
+}
+BENCHMARK(BM_CompactUNetStepChannelsLast)->Args({1, 32})->Args({8, 32})->Unit(benchmark::kMillisecond);
 
 void BM_CompactVaeDecode512(benchmark::State& state) {
   torch::NoGradGuard ng;

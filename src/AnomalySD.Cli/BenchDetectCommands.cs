@@ -18,7 +18,7 @@ public sealed class BenchOptions : EngineOptions
     [Option("model", Default = "compact", HelpText = "compact, sd2-inpainting (random weights) or a diffusers inpainting folder.")]
     public string Model { get; set; } = "compact";
 
-    [Option("image-size", Default = 0, HelpText = "Resolution (0: 128 for compact, 512 otherwise).")]
+    [Option("image-size", Default = 0, HelpText = "Resolution (0: 64 for compact, 512 otherwise).")]
     public int ImageSize { get; set; } = 0;
 
     [Option("dtype", Default = "F32", HelpText = "F32, F16 or BF16 (comma-separated to compare several).")]
@@ -84,7 +84,7 @@ public static class BenchDetectCommands
             var dtype = Enum.Parse<AsdDtype>(dtypeName, ignoreCase: true);
             bool preset = o.Model is "compact" or "sd2-inpainting";
             using var model = preset ? InpaintingModel.CreatePreset(o.Model, o.Seed, o.Device, dtype) : InpaintingModel.Load(o.Model, o.Device, dtype);
-            int size = o.ImageSize > 0 ? o.ImageSize : o.Model == "compact" ? 128 : 512;
+            int size = o.ImageSize > 0 ? o.ImageSize : o.Model == "compact" ? 64 : 512;
             var tokenizer = new HashPromptTokenizer();
             var prompts = AnomalySD.Prompts.PromptCatalog.BuiltIn().Get("bottle").All;
             model.SetCategory("bench", tokenizer.EncodePadded(prompts), tokenizer.MaxLength);

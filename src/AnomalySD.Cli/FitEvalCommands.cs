@@ -26,7 +26,7 @@ public abstract class FitFlags : EngineOptions
     [Option("model", Default = "compact", HelpText = "'compact' (small model trained from scratch) or a diffusers SD inpainting folder.")]
     public string Model { get; set; } = "compact";
 
-    [Option("image-size", Default = 0, HelpText = "Model resolution (0: 128 for compact, 512 for SD); a multiple of 32.")]
+    [Option("image-size", Default = 0, HelpText = "Model resolution (0: 64 for compact, 512 for SD; compact at 128 takes ~4x the time); a multiple of 32.")]
     public int ImageSize { get; set; } = 0;
 
     [Option("unet-steps", Default = 300, HelpText = "UNet fine-tuning steps (eq. 8).")]

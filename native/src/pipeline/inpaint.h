@@ -38,9 +38,12 @@ struct InpaintOptions {
 /// estimate: the loop also halves the batch and retries if the device reports out-of-memory.
 int64_t estimate_bytes_per_mask(const SdComponents& c, int64_t height, int64_t width);
 
+/// Largest automatic batch on the CPU (see choose_batch_size).
+constexpr int64_t kCpuMaxBatch = 4;
+
 /// The batch size used when InpaintOptions::batch_size is 0: half of the memory available on the device
 /// (CUDA: cudaMemGetInfo's free memory; CPU: MemAvailable of /proc/meminfo) divided by
-/// estimate_bytes_per_mask, clamped to [1, num_masks].
+/// estimate_bytes_per_mask, clamped to [1, num_masks], and at most kCpuMaxBatch on the CPU.
 int64_t choose_batch_size(const SdComponents& c, int64_t height, int64_t width, int64_t num_masks);
 
 /// The prompt condition of a category (section 4.2, "Aggregation of Hierarchical Prompts"): the mean over

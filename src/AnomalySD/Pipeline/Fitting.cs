@@ -12,7 +12,7 @@ namespace AnomalySD.Pipeline;
 /// <param name="Model">"compact" (trained from scratch) or a diffusers SD inpainting folder.</param>
 /// <param name="Shots">K normal images per category, 0..; 0 = no fine-tuning, no prototype bank.</param>
 /// <param name="ShotSeed">null: the first K in sorted order; else a seeded random choice.</param>
-/// <param name="ImageSize">Model resolution in pixels (0 = 128 for compact, 512 for SD); a multiple of 32.</param>
+/// <param name="ImageSize">Model resolution in pixels (0 = 64 for compact, 512 for SD); a multiple of 32.</param>
 /// <param name="UnetSteps">UNet fine-tuning steps (eq. 8).</param>
 /// <param name="DecoderSteps">Decoder fine-tuning steps (eq. 9-10; SD models).</param>
 /// <param name="AutoencoderSteps">Autoencoder steps from scratch (compact only).</param>
@@ -23,7 +23,7 @@ public sealed record FitOptions(
     string? LpipsPath = null, string? ResNet18Path = null, string? PromptsPath = null, string? ForegroundMasksDir = null)
 {
     public bool IsCompact => string.Equals(Model, "compact", StringComparison.OrdinalIgnoreCase);
-    public int ResolvedImageSize => ImageSize > 0 ? ImageSize : IsCompact ? 128 : 512;
+    public int ResolvedImageSize => ImageSize > 0 ? ImageSize : IsCompact ? 64 : 512;
 }
 
 /// <summary>Model dtypes a user can pick.</summary>
