@@ -110,6 +110,14 @@ public static unsafe partial class NativeMethods
     public static partial AsdStatus asd_model_inpaint_distances(ModelHandle model, string category, float* image, long height, long width,
                                                                 float* masks, long numMasks, in AsdInpaintOptions options,
                                                                 float* outDistances, float* outImages);
+    [LibraryImport(Library)]
+    public static partial AsdStatus asd_model_distance_maps(ModelHandle model, float* image, long height, long width, float* others, long n, float* outMaps);
+    [LibraryImport(Library, StringMarshalling = StringMarshalling.Utf8)]
+    public static partial AsdStatus asd_model_prototype_rows(ModelHandle model, string category, out long rows);
+    [LibraryImport(Library, StringMarshalling = StringMarshalling.Utf8)]
+    public static partial AsdStatus asd_model_save_prototypes(ModelHandle model, string path);
+    [LibraryImport(Library, StringMarshalling = StringMarshalling.Utf8)]
+    public static partial AsdStatus asd_model_load_prototypes(ModelHandle model, string path);
     [LibraryImport(Library, StringMarshalling = StringMarshalling.Utf8)]
     public static partial AsdStatus asd_resnet18_pooled(string weightsPath, float* images, long n, long height, long width, float* outPooled);
     [LibraryImport(Library)] public static partial AsdStatus asd_model_free(IntPtr model);

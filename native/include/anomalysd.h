@@ -223,6 +223,17 @@ ASD_API asd_status asd_model_inpaint_distances(asd_model* model, const char* cat
                                                int64_t width, const float* masks, int64_t num_masks, const asd_inpaint_options* options,
                                                float* out_distances, float* out_images);
 
+/** Perceptual distance maps D(x, x̂_i) (eq. 16-17) between `image` (3 x height x width in [-1, 1]) and `n` given
+ *  images (n x 3 x height x width in [-1, 1]), written to `out_maps` (n x height x width). */
+ASD_API asd_status asd_model_distance_maps(asd_model* model, const float* image, int64_t height, int64_t width, const float* others,
+                                           int64_t n, float* out_maps);
+
+/** Prototype banks on their own: rows of `category` (0 if it has none), save to / load from a safetensors file
+ *  (one [rows, channels] tensor per category; loading replaces the model's banks). */
+ASD_API asd_status asd_model_prototype_rows(const asd_model* model, const char* category, int64_t* out_rows);
+ASD_API asd_status asd_model_save_prototypes(const asd_model* model, const char* path);
+ASD_API asd_status asd_model_load_prototypes(asd_model* model, const char* path);
+
 /** The ResNet18 of `weights_path` (torchvision names + preprocessing metadata, e.g. resnet18_imagenet.safetensors) on
  *  `n` RGB images (n x 3 x height x width, values in [0, 1]): the global average pool of layer4, n x 512 floats
  *  written to `out_pooled` (the ONNX model's output without its classifier). For verifying a conversion. */
@@ -234,7 +245,8 @@ ASD_API asd_status asd_model_free(asd_model* model);
 /* ---------------------------------------------------------------- fine-tuning */
 
 /** A trainer of `model` (which must outlive it). `kind`: "unet" (eq. 7-8), "decoder" (eq. 9-10: decoder only)
- *  or "autoencoder" (encoder + decoder from scratch, for the compact preset). `options_json`: NULL or
+ *  or "autoencoder" (encoder + decoder from scratch, for the compact preset). The decoder loss's perceptual term
+ *  is the distance configured with asd_model_set_scoring (call it first; without it the loss is MSE only). `options_json`: NULL or
  *  {"batch_size": 8, "gradient_accumulation": 1, "learning_rate": 1e-4, "seed": 0, "beta": 0.1,
  *   "iou_thresholds": [0, 0.2, 0.5], "augment": {"brightness": 0.1, "contrast": 0.1, "scale_min": 0.9,
  *   "scale_max": 1.1, "rotation_degrees": 10}}. */

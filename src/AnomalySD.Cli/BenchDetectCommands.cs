@@ -41,6 +41,9 @@ public sealed class BenchOptions : EngineOptions
 
     [Option("inpaint-batch", Default = 0, HelpText = "Masks per UNet batch in batched mode (0: from available memory).")]
     public int InpaintBatch { get; set; } = 0;
+
+    [Option("prototype-bank", HelpText = "Instead: time and peak memory of a 4-shot prototype bank (4 rotations) and one error map at --image-size (default 512).")]
+    public bool PrototypeBank { get; set; }
 }
 
 [Verb("detect", HelpText = "Score images (files or folders) with a checkpoint: per-image score, decision at a threshold, heatmap PNGs.")]
@@ -78,6 +81,7 @@ public static class BenchDetectCommands
 {
     public static int Bench(BenchOptions o, TextWriter output)
     {
+        if (o.PrototypeBank) return BenchPrototypes(o, output);
         var scales = CliSupport.SplitList(o.Scales).Select(int.Parse).ToList();
         foreach (string dtypeName in CliSupport.SplitList(o.Dtype))
         {
@@ -117,6 +121,33 @@ public static class BenchDetectCommands
             if (n.Mode is not null && b.Mode is not null)
                 output.WriteLine(string.Create(CultureInfo.InvariantCulture, $"speedup: {n.Ms / b.Ms:F2}x"));
         }
+        return 0;
+    }
+
+    /// <summary>eq. 13-14 costs: building a 4-shot bank (x 4 rotations) and one error map, with peak memory.</summary>
+    private static int BenchPrototypes(BenchOptions o, TextWriter output)
+    {
+        int size = o.ImageSize > 0 ? o.ImageSize : 512;
+        using var model = InpaintingModel.CreateCompact(o.Seed, o.Device);
+        Fitting.ConfigureScoring(model, null, DistanceKind.Resnet18Uniform, null, null);
+        var shots = Enumerable.Range(0, 4).Select(i => SyntheticImage(size, o.Seed + (ulong)i)).ToList();
+        TryResetPeak(o.Device);
+        long baseline = TryPeak(o.Device);
+        var watch = Stopwatch.StartNew();
+        model.AddPrototypes("bench", shots);
+        double buildMs = watch.Elapsed.TotalMilliseconds;
+        long buildPeak = TryPeak(o.Device);
+        TryResetPeak(o.Device);
+        watch.Restart();
+        var map = model.ErrorMap("bench", SyntheticImage(size, o.Seed + 99));
+        double mapMs = watch.Elapsed.TotalMilliseconds;
+        long mapPeak = TryPeak(o.Device);
+        output.WriteLine($"prototype bank: 4 shots x 4 rotations at {size}x{size} = {model.PrototypeRows("bench")} prototypes of 384 channels; error map {map.Height}x{map.Width}");
+        output.WriteLine("| step | ms | process peak MB |");
+        output.WriteLine("|---|---|---|");
+        output.WriteLine(string.Create(CultureInfo.InvariantCulture, $"| build bank | {buildMs:F0} | {buildPeak / 1048576.0:F0} |"));
+        output.WriteLine(string.Create(CultureInfo.InvariantCulture, $"| one error map | {mapMs:F0} | {mapPeak / 1048576.0:F0} |"));
+        output.WriteLine(string.Create(CultureInfo.InvariantCulture, $"(process peak before the bank: {baseline / 1048576.0:F0} MB)"));
         return 0;
     }
 

@@ -139,7 +139,10 @@ public static class FitEvalCommands
         }
         else
         {
-            (model, meta) = Fitting.Fit(dataset, Categories(o.Categories, dataset), o.ToFitOptions(), log, CliSupport.Progress());
+            var fit = o.ToFitOptions();
+            // The E-only baseline never runs the diffusion model: skip its training.
+            if (o.Masks == MaskStrategy.Prototype) fit = fit with { UnetSteps = 0, DecoderSteps = 0, AutoencoderSteps = 0 };
+            (model, meta) = Fitting.Fit(dataset, Categories(o.Categories, dataset), fit, log, CliSupport.Progress());
             fitSeconds = watch.Elapsed.TotalSeconds;
         }
         using (model)

@@ -59,6 +59,23 @@ public sealed class EndToEndTests(ITestOutputHelper output) : IDisposable
         Assert.Contains("best_detected", md);
         output.WriteLine(md);
 
+        // detect: per-image score and decision, heatmaps, an unreadable file reported and counted (exit 3).
+        string heat = Path.Combine(_dir, "heat");
+        string broken = Path.Combine(_dir, "broken.png");
+        File.WriteAllText(broken, "not a png");
+        var detectOut = new StringWriter();
+        int rc = BenchDetectCommands.Detect(new DetectOptions
+        {
+            Checkpoint = ckpt, Category = "bottle", Threshold = 0.0, Out = heat, Seed = 5,
+            Inputs = [TestPaths.Shared("data/bottle/test/broken_large/000.png"), broken],
+        }, detectOut);
+        Assert.Equal(3, rc);
+        string[] lines = detectOut.ToString().Trim().Split('\n');
+        Assert.Equal("image\tscore\tdecision", lines[0]);
+        Assert.Equal(2, lines.Length);
+        Assert.EndsWith("\tanomalous", lines[1]); // any positive score is >= threshold 0
+        Assert.True(File.Exists(Path.Combine(heat, "000_heatmap.png")));
+
         // Same checkpoint, same seed: identical image scores.
         using var model1 = FitEvalCommands.LoadCheckpoint(ckpt, "cpu", null, null, null, Microsoft.Extensions.Logging.Abstractions.NullLogger.Instance).Item1;
         var meta = CheckpointMetadata.FromJson(model1.Info()["metadata"] as JsonObject, ckpt);

@@ -293,8 +293,16 @@ ASD_API asd_status asd_trainer_run(asd_trainer* trainer, int64_t steps, double* 
       if (!trainer->resume_optimizer.empty()) trainer->unet->load_optimizer(trainer->resume_optimizer, trainer->resume_steps);
     }
     if (trainer->kind != "unet" && !trainer->decoder) {
-      // The perceptual term needs a backbone; until one is attached the decoder trains on MSE alone (beta ignored).
-      trainer->decoder = std::make_unique<pl::DecoderFinetuner>(c, trainer->data, trainer->options, pl::PerceptualLoss{}, trainer->beta,
+      // eq. 10's perceptual term is the configured distance (asd_model_set_scoring): LPIPS-AlexNet or the ResNet18
+      // fallback, averaged over pixels. Without scoring configured the loss is MSE alone and beta is unused.
+      pl::PerceptualLoss perceptual;
+      if (trainer->model->distance) {
+        const asd::Lpips* distance = trainer->model->distance.get();
+        perceptual = [distance](const torch::Tensor& x, const torch::Tensor& y) {
+          return distance->distance_map(x.to(torch::kFloat32), y.to(torch::kFloat32)).mean({1, 2, 3});
+        };
+      }
+      trainer->decoder = std::make_unique<pl::DecoderFinetuner>(c, trainer->data, trainer->options, perceptual, trainer->beta,
                                                                 trainer->kind == "autoencoder");
     }
     double total = 0;

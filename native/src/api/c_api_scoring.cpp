@@ -32,6 +32,22 @@ asd::PrototypeExtractor extractor(asd_model* m) {
   return [m](const torch::Tensor& rgb01) { return asd::prototype_features(*m->resnet, rgb01); };
 }
 
+/// D(x, others_i) for x [1, 3, H, W] and others [N, 3, H, W] (both in [-1, 1]) into out (N x H x W floats),
+/// kDistanceBatch images at a time.
+void distance_maps(const asd_model* m, const torch::Tensor& x, const torch::Tensor& others, float* out) {
+  torch::NoGradGuard no_grad;
+  const torch::Device device = m->distance->device();
+  const torch::Tensor xd = x.to(device, torch::kFloat32);
+  const int64_t n = others.size(0), h = x.size(2), w = x.size(3);
+  for (int64_t first = 0; first < n; first += kDistanceBatch) {
+    const int64_t b = std::min(kDistanceBatch, n - first);
+    const torch::Tensor d = m->distance->distance_map(xd.expand({b, 3, h, w}), others.narrow(0, first, b).to(device, torch::kFloat32))
+                                .to(torch::kCPU, torch::kFloat32)
+                                .contiguous();
+    std::memcpy(out + first * h * w, d.data_ptr<float>(), static_cast<size_t>(d.numel()) * sizeof(float));
+  }
+}
+
 }  // namespace
 
 extern "C" {
@@ -119,19 +135,48 @@ ASD_API asd_status asd_model_inpaint_distances(asd_model* model, const char* cat
     const pl::InpaintOptions o = asd::api::to_inpaint_options(*options);
     const torch::Tensor inpainted = options->naive != 0 ? pl::inpaint_naive(model->components, x[0], m, model->prompt_ids.at(name), o)
                                                         : pl::inpaint(model->components, x[0], m, it->second, o);
-    torch::NoGradGuard no_grad;
-    const torch::Device device = model->distance->device();
-    const torch::Tensor xd = x.to(device);
-    for (int64_t first = 0; first < num_masks; first += kDistanceBatch) {
-      const int64_t b = std::min(kDistanceBatch, num_masks - first);
-      const torch::Tensor d = model->distance->distance_map(xd.expand({b, 3, height, width}), inpainted.narrow(0, first, b).to(device))
-                                  .to(torch::kCPU, torch::kFloat32)
-                                  .contiguous();
-      std::memcpy(out_distances + first * height * width, d.data_ptr<float>(), static_cast<size_t>(d.numel()) * sizeof(float));
-    }
+    distance_maps(model, x, inpainted, out_distances);
     if (out_images != nullptr) {
       std::memcpy(out_images, inpainted.contiguous().data_ptr<float>(), static_cast<size_t>(inpainted.numel()) * sizeof(float));
     }
+  });
+}
+
+ASD_API asd_status asd_model_distance_maps(asd_model* model, const float* image, int64_t height, int64_t width, const float* others,
+                                           int64_t n, float* out_maps) {
+  return ASD_GUARD({
+    not_null(model, "model");
+    require_scoring(model);
+    not_null(others, "others");
+    not_null(out_maps, "out_maps");
+    asd::require(n >= 1, "n must be >= 1");
+    const torch::Tensor x = image_from(image, height, width);
+    const torch::Tensor y = torch::from_blob(const_cast<float*>(others), {n, 3, height, width}, torch::kFloat32);
+    distance_maps(model, x, y, out_maps);
+  });
+}
+
+ASD_API asd_status asd_model_prototype_rows(const asd_model* model, const char* category, int64_t* out_rows) {
+  return ASD_GUARD({
+    not_null(model, "model");
+    const std::string name = not_null(category, "category");
+    *not_null(out_rows, "out_rows") = model->bank && model->bank->has(name) ? model->bank->prototypes(name).size(0) : 0;
+  });
+}
+
+ASD_API asd_status asd_model_save_prototypes(const asd_model* model, const char* path) {
+  return ASD_GUARD({
+    not_null(model, "model");
+    if (!model->bank) asd::throw_error(ASD_ERR_INVALID_ARGUMENT, "the model has no prototype banks");
+    model->bank->save(not_null(path, "path"));
+  });
+}
+
+ASD_API asd_status asd_model_load_prototypes(asd_model* model, const char* path) {
+  return ASD_GUARD({
+    not_null(model, "model");
+    model->bank = std::make_unique<asd::PrototypeBank>(asd::PrototypeBank::load(not_null(path, "path"), model->components.device));
+    model->rotations = model->bank->options().rotations_deg;
   });
 }
 

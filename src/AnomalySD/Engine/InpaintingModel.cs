@@ -92,32 +92,12 @@ public sealed class InpaintingModel : IDisposable
     /// </summary>
     public unsafe IReadOnlyList<RgbImage> Inpaint(string category, RgbImage image, IReadOnlyList<BinaryMask> masks, InpaintOptions options)
     {
-        int h = image.Height, w = image.Width, plane = h * w;
-        var x = new float[3 * plane];
-        for (int i = 0; i < x.Length; i++) x[i] = image.Data[i] * 2f - 1f;
-        var m = new float[masks.Count * plane];
-        for (int k = 0; k < masks.Count; k++)
-        {
-            if (masks[k].Width != w || masks[k].Height != h)
-                throw new ArgumentException($"mask {k} is {masks[k].Width}x{masks[k].Height}, the image is {w}x{h}");
-            for (int i = 0; i < plane; i++) m[k * plane + i] = masks[k].Data[i];
-        }
-        var outData = new float[masks.Count * 3 * plane];
-        var native = new AsdInpaintOptions
-        {
-            NumInferenceSteps = options.NumInferenceSteps, NoiseStrength = options.NoiseStrength, BatchSize = options.BatchSize,
-            Seed = options.Seed, Naive = options.Naive ? 1 : 0,
-        };
+        int h = image.Height, w = image.Width;
+        float[] x = PackSigned([image]), m = PackMasks(masks, h, w);
+        var outData = new float[masks.Count * 3 * h * w];
         fixed (float* px = x, pm = m, po = outData)
-            AsdException.Check(NativeMethods.asd_model_inpaint(Handle, category, px, h, w, pm, masks.Count, native, po));
-        var result = new List<RgbImage>(masks.Count);
-        for (int k = 0; k < masks.Count; k++)
-        {
-            var d = new float[3 * plane];
-            for (int i = 0; i < d.Length; i++) d[i] = (outData[k * 3 * plane + i] + 1f) * 0.5f;
-            result.Add(new RgbImage(w, h, d));
-        }
-        return result;
+            AsdException.Check(NativeMethods.asd_model_inpaint(Handle, category, px, h, w, pm, masks.Count, ToNative(options), po));
+        return UnpackUnsigned(outData, masks.Count, h, w);
     }
 
     /// <summary>Configures the scoring backbones (prototype features and the perceptual distance).</summary>
@@ -152,40 +132,68 @@ public sealed class InpaintingModel : IDisposable
                                                                              InpaintOptions options, bool returnInpaintings = false)
     {
         int h = image.Height, w = image.Width, plane = h * w;
-        float[] x = PackSigned([image]);
-        var m = new float[masks.Count * plane];
-        for (int k = 0; k < masks.Count; k++)
-            for (int i = 0; i < plane; i++) m[k * plane + i] = masks[k].Data[i];
+        float[] x = PackSigned([image]), m = PackMasks(masks, h, w);
         var dist = new float[masks.Count * plane];
         float[]? images = returnInpaintings ? new float[masks.Count * 3 * plane] : null;
-        var native = ToNative(options);
         fixed (float* px = x, pm = m, pd = dist, pi = images)
-            AsdException.Check(NativeMethods.asd_model_inpaint_distances(Handle, category, px, h, w, pm, masks.Count, native, pd, pi));
-        var maps = new Map2D[masks.Count];
-        for (int k = 0; k < masks.Count; k++)
-        {
-            var d = new double[plane];
-            for (int i = 0; i < plane; i++) d[i] = dist[k * plane + i];
-            maps[k] = new Map2D(h, w, d);
-        }
-        RgbImage[]? inpaintings = null;
-        if (images is not null)
-        {
-            inpaintings = new RgbImage[masks.Count];
-            for (int k = 0; k < masks.Count; k++)
-            {
-                var d = new float[3 * plane];
-                for (int i = 0; i < d.Length; i++) d[i] = (images[k * 3 * plane + i] + 1f) * 0.5f;
-                inpaintings[k] = new RgbImage(w, h, d);
-            }
-        }
-        return (maps, inpaintings);
+            AsdException.Check(NativeMethods.asd_model_inpaint_distances(Handle, category, px, h, w, pm, masks.Count, ToNative(options), pd, pi));
+        var maps = Enumerable.Range(0, masks.Count).Select(k => new Map2D(h, w, Array.ConvertAll(dist[(k * plane)..((k + 1) * plane)], v => (double)v))).ToArray();
+        return (maps, images is null ? null : UnpackUnsigned(images, masks.Count, h, w));
     }
+
+    /// <summary>D(x, y_i) (eq. 16-17) between <paramref name="image"/> and each of <paramref name="others"/> (RGB in [0, 1], same size).</summary>
+    public unsafe Map2D[] DistanceMaps(RgbImage image, IReadOnlyList<RgbImage> others)
+    {
+        int h = image.Height, w = image.Width, plane = h * w;
+        float[] x = PackSigned([image]), y = PackSigned(others);
+        var outMaps = new float[others.Count * plane];
+        fixed (float* px = x, py = y, po = outMaps)
+            AsdException.Check(NativeMethods.asd_model_distance_maps(Handle, px, h, w, py, others.Count, po));
+        return Enumerable.Range(0, others.Count).Select(k => new Map2D(h, w, Array.ConvertAll(outMaps[(k * plane)..((k + 1) * plane)], v => (double)v))).ToArray();
+    }
+
+    /// <summary>Rows (prototypes) in the bank of <paramref name="category"/>; 0 if it has none.</summary>
+    public long PrototypeRows(string category)
+    {
+        AsdException.Check(NativeMethods.asd_model_prototype_rows(Handle, category, out long rows));
+        return rows;
+    }
+
+    /// <summary>Saves the prototype banks (safetensors, atomic) / replaces them from a file.</summary>
+    public void SavePrototypes(string path) => AsdException.Check(NativeMethods.asd_model_save_prototypes(Handle, path));
+    public void LoadPrototypes(string path) => AsdException.Check(NativeMethods.asd_model_load_prototypes(Handle, path));
 
     private static AsdInpaintOptions ToNative(InpaintOptions o) => new()
     {
         NumInferenceSteps = o.NumInferenceSteps, NoiseStrength = o.NoiseStrength, BatchSize = o.BatchSize, Seed = o.Seed, Naive = o.Naive ? 1 : 0,
     };
+
+    /// <summary>Masks packed as [N, H, W] floats (1 = inpaint); every mask must be <paramref name="w"/> x <paramref name="h"/>.</summary>
+    private static float[] PackMasks(IReadOnlyList<BinaryMask> masks, int h, int w)
+    {
+        var m = new float[masks.Count * h * w];
+        for (int k = 0; k < masks.Count; k++)
+        {
+            if (masks[k].Width != w || masks[k].Height != h)
+                throw new ArgumentException($"mask {k} is {masks[k].Width}x{masks[k].Height}, the image is {w}x{h}");
+            for (int i = 0; i < h * w; i++) m[k * h * w + i] = masks[k].Data[i];
+        }
+        return m;
+    }
+
+    /// <summary>[N, 3, H, W] in [-1, 1] -> N images in [0, 1].</summary>
+    private static RgbImage[] UnpackUnsigned(float[] data, int n, int h, int w)
+    {
+        int size = 3 * h * w;
+        var result = new RgbImage[n];
+        for (int k = 0; k < n; k++)
+        {
+            var d = new float[size];
+            for (int i = 0; i < size; i++) d[i] = (data[k * size + i] + 1f) * 0.5f;
+            result[k] = new RgbImage(w, h, d);
+        }
+        return result;
+    }
 
     /// <summary>Images in [0, 1] packed as [N, 3, H, W] in [-1, 1].</summary>
     private static float[] PackSigned(IReadOnlyList<RgbImage> images)

@@ -35,6 +35,19 @@ public sealed class AnomalyDetector(InpaintingModel model, DetectorOptions optio
 {
     public DetectorOptions Options { get; } = options;
 
+    // Grid masks and their Map2D form depend only on the image size: built once, reused for every image.
+    private (int H, int W, IReadOnlyList<GridMask> Grid, Map2D[] Maps)? _grid;
+
+    private (IReadOnlyList<GridMask> Grid, Map2D[] Maps) GridFor(int h, int w)
+    {
+        if (_grid is not { } g || g.H != h || g.W != w)
+        {
+            var grid = MaskProposals.Grid(h, w, Options.Scales ?? MaskProposals.DefaultScales);
+            _grid = g = (h, w, grid, grid.Select(m => ToMap(m.Mask)).ToArray());
+        }
+        return (g.Grid, g.Maps);
+    }
+
     /// <summary>Scores <paramref name="image"/> (RGB in [0, 1] at the model resolution) of <paramref name="category"/>.
     /// <paramref name="noiseStrength"/> overrides the inpaint options' λ (per-category λ).</summary>
     public ImageScore Score(string category, RgbImage image, double? noiseStrength = null)
@@ -59,7 +72,7 @@ public sealed class AnomalyDetector(InpaintingModel model, DetectorOptions optio
             prototypeMask = new BinaryMask(w, h, Array.ConvertAll(mask.Data, v => v > 0.5 ? (byte)1 : (byte)0));
         }
 
-        var grid = MaskProposals.Grid(h, w, Options.Scales ?? MaskProposals.DefaultScales);
+        var (grid, gridMaps) = GridFor(h, w);
         var masks = grid.Select(g => g.Mask).ToList();
         // An empty prototype mask (E constant) inpaints nothing: its S_pg is 0 and needs no UNet work.
         bool usePrototype = prototypeMask is not null && prototypeMask.Count > 0;
@@ -69,7 +82,7 @@ public sealed class AnomalyDetector(InpaintingModel model, DetectorOptions optio
         var scaleScores = new List<Map2D>();
         foreach (var scale in grid.Select((g, i) => (g, i)).GroupBy(t => t.g.Scale))
         {
-            var scaleMasks = scale.Select(t => ToMap(t.g.Mask)).ToList();
+            var scaleMasks = scale.Select(t => gridMaps[t.i]).ToList();
             var scaleDistances = scale.Select(t => distances[t.i]).ToList();
             scaleScores.Add(ScoreFusion.ScaleScore(scaleMasks, scaleDistances));
         }

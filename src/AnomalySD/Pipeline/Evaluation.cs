@@ -12,11 +12,19 @@ namespace AnomalySD.Pipeline;
 public sealed record CategoryMetrics(string Category, int Images, int Skipped, double ImageAuroc, double ImageAp, double ImageF1Max,
                                      double PixelAuroc, double PixelF1Max, double Pro, double Seconds);
 
-/// <summary>The score of one test image, kept for reports.</summary>
-public sealed record ScoredImage(Sample Sample, double Score, Map2D Map, BinaryMask? GroundTruth, RgbImage Image);
+/// <summary>The score of one test image (for the ROC curve).</summary>
+public sealed record ScoredSample(Sample Sample, double Score);
 
+/// <summary>An image kept for the report's heatmap overlays, with its map and ground truth.</summary>
+public sealed record ReportCase(string Label, Sample Sample, double Score, Map2D Map, BinaryMask? GroundTruth, RgbImage Image);
+
+/// <param name="Scored">Every test image's score, per category.</param>
+/// <param name="Cases">Per category: the best-detected and worst-missed anomalous image and the worst false alarm
+/// (only these keep their image and map in memory, so memory does not grow with the test set).</param>
 public sealed record EvaluationResult(IReadOnlyList<CategoryMetrics> Categories, CategoryMetrics Mean, IReadOnlyList<string> Skipped,
-                                      IReadOnlyDictionary<string, IReadOnlyList<ScoredImage>> Scored, double Seconds);
+                                      IReadOnlyDictionary<string, IReadOnlyList<ScoredSample>> Scored, double Seconds,
+                                      IReadOnlyDictionary<string, IReadOnlyList<ReportCase>> Cases,
+                                      IReadOnlyDictionary<string, RestorationResult>? Restoration = null);
 
 /// <summary>
 /// Scores every test image of each category and computes image AUROC / AP / F1-max, pixel AUROC / F1-max and PRO
@@ -34,7 +42,9 @@ public static class Evaluation
         int size = meta.ImageSize;
         var results = new List<CategoryMetrics>();
         var skipped = new List<string>();
-        var scored = new Dictionary<string, IReadOnlyList<ScoredImage>>();
+        var scored = new Dictionary<string, IReadOnlyList<ScoredSample>>();
+        var cases = new Dictionary<string, IReadOnlyList<ReportCase>>();
+        var restoration = new Dictionary<string, RestorationResult>();
         foreach (string category in categories)
         {
             var prompts = meta.Categories.FirstOrDefault(c => c.Category == category)
@@ -43,7 +53,9 @@ public static class Evaluation
             var tests = dataset.Test(category).Where(s => !shots.Contains(Path.GetFullPath(s.ImagePath))).ToList();
             if (maxImagesPerCategory is int cap) tests = Subsample(tests, cap);
             var watch = Stopwatch.StartNew();
-            var images = new List<ScoredImage>();
+            var images = new List<ScoredSample>();
+            ReportCase? best = null, missed = null, falseAlarm = null;
+            var normalsForRestoration = new List<RgbImage>();
             var imageAuroc = new ImageAuroc();
             var ap = new AveragePrecision();
             var f1 = new F1Max();
@@ -70,7 +82,17 @@ public static class Evaluation
                     continue;
                 }
                 var score = detector.Score(category, image, prompts.NoiseStrength);
-                images.Add(new ScoredImage(sample, score.Score, score.SmoothedMap, gt, image));
+                images.Add(new ScoredSample(sample, score.Score));
+                if (sample.IsAnomalous)
+                {
+                    if (best is null || score.Score > best.Score) best = new ReportCase("best_detected", sample, score.Score, score.SmoothedMap, gt, image);
+                    if (missed is null || score.Score < missed.Score) missed = new ReportCase("worst_missed", sample, score.Score, score.SmoothedMap, gt, image);
+                }
+                else
+                {
+                    if (falseAlarm is null || score.Score > falseAlarm.Score) falseAlarm = new ReportCase("worst_false_alarm", sample, score.Score, score.SmoothedMap, gt, image);
+                    if (normalsForRestoration.Count < 4) normalsForRestoration.Add(image);
+                }
                 var mask = gt?.Data ?? new byte[size * size];
                 var map = Array.ConvertAll(score.SmoothedMap.Data, v => (float)v);
                 imageAuroc.Update([score.Score], [sample.IsAnomalous ? 1 : 0]);
@@ -86,11 +108,25 @@ public static class Evaluation
             log.LogInformation("{Category}: image AUROC {A:F3}, pixel AUROC {P:F3}, PRO {Pro:F3} ({N} images, {S:F0} s)", category, m.ImageAuroc, m.PixelAuroc, m.Pro, m.Images, m.Seconds);
             results.Add(m);
             scored[category] = images;
+            cases[category] = new[] { best, missed, falseAlarm }.OfType<ReportCase>().DistinctBy(c => c.Sample.ImagePath).ToList();
+            if (options.Masks != MaskStrategy.Prototype)
+            {
+                // Section 4 premise: the model restores normal appearance. Held-out normal test images, 4 random
+                // rectangles each, masked-region MSE of the inpainting vs a masked Gaussian-blur fill.
+                var normals = normalsForRestoration;
+                if (normals.Count > 0)
+                {
+                    var inpaint = (options.Inpaint ?? new InpaintOptions()) with { NoiseStrength = prompts.NoiseStrength };
+                    var r = Restoration.Check(model, category, normals, 4, inpaint, seed: 17);
+                    restoration[category] = r;
+                    log.LogInformation("{Category}: restoration of {Masks} masked regions: inpainting MSE {A:F5}, blur-fill MSE {B:F5}", category, r.Masks, r.InpaintMse, r.BlurFillMse);
+                }
+            }
         }
         var mean = new CategoryMetrics("mean", results.Sum(r => r.Images), results.Sum(r => r.Skipped), Mean(results, r => r.ImageAuroc),
             Mean(results, r => r.ImageAp), Mean(results, r => r.ImageF1Max), Mean(results, r => r.PixelAuroc), Mean(results, r => r.PixelF1Max),
             Mean(results, r => r.Pro), results.Sum(r => r.Seconds));
-        return new EvaluationResult(results, mean, skipped, scored, total.Elapsed.TotalSeconds);
+        return new EvaluationResult(results, mean, skipped, scored, total.Elapsed.TotalSeconds, cases, restoration);
     }
 
     /// <summary>Every n-th sample so that normal and anomalous images both stay represented.</summary>

@@ -115,6 +115,8 @@ public static class Fitting
                     string.Join(", ", foregrounds[category].Select(m => $"{m.Count / (double)(size * size):P0}")));
             }
 
+            // Scoring backbones first: the decoder loss (eq. 10) uses the same perceptual distance.
+            ConfigureScoring(model, o.ResNet18Path, o.Distance, o.AlexNetPath, o.LpipsPath);
             if (o.Shots > 0)
             {
                 var options = new TrainerOptions(o.BatchSize, 1, o.LearningRate, o.Seed);
@@ -132,7 +134,6 @@ public static class Fitting
             }
 
             foreach (var p in prompts) model.SetCategory(p.Category, tokenizer.EncodePadded(p.All), tokenizer.MaxLength);
-            ConfigureScoring(model, o.ResNet18Path, o.Distance, o.AlexNetPath, o.LpipsPath);
             foreach (string category in categories) model.AddPrototypes(category, shotImages[category]);
             var metadata = new CheckpointMetadata(size, o.IsCompact ? "compact" : Path.GetFullPath(o.Model), o.Shots,
                 o.Distance == DistanceKind.LpipsAlex ? "lpips_alex" : "resnet18_uniform", prompts, shotPaths, tokenizerKind);

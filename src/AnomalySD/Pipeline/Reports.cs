@@ -72,6 +72,12 @@ public static class ReportWriter
             ["mean"] = Row(result.Mean),
             ["skipped"] = new JsonArray(result.Skipped.Select(s => (JsonNode)JsonValue.Create(s)!).ToArray()),
             ["wall_seconds"] = result.Seconds,
+            ["restoration"] = new JsonObject((result.Restoration ?? new Dictionary<string, RestorationResult>()).Select(kv =>
+                new KeyValuePair<string, JsonNode?>(kv.Key, new JsonObject
+                {
+                    ["images"] = kv.Value.Images, ["masks"] = kv.Value.Masks,
+                    ["inpaint_mse"] = Num(kv.Value.InpaintMse), ["blur_fill_mse"] = Num(kv.Value.BlurFillMse),
+                }))),
         };
         WriteAtomically(Path.Combine(outDir, "results.json"), json.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
 
@@ -80,6 +86,12 @@ public static class ReportWriter
         foreach (var (k, v) in run) md.AppendLine($"- {k}: {v?.ToJsonString().Trim('"')}");
         md.AppendLine($"- wall time: {result.Seconds:F0} s").AppendLine();
         md.AppendLine(Table(result));
+        if (result.Restoration is { Count: > 0 } restoration)
+        {
+            md.AppendLine().AppendLine("Restoration of normal appearance (held-out normal images, random rectangles; masked-region MSE, RGB in [0, 1]):").AppendLine();
+            md.AppendLine("| category | masks | inpainting MSE | Gaussian-blur fill MSE |").AppendLine("|---|---|---|---|");
+            foreach (var (c, r) in restoration) md.AppendLine($"| {c} | {r.Masks} | {r.InpaintMse:F5} | {r.BlurFillMse:F5} |");
+        }
         if (result.Skipped.Count > 0)
         {
             md.AppendLine().AppendLine($"Skipped files ({result.Skipped.Count}):");
@@ -92,13 +104,14 @@ public static class ReportWriter
             string roc = $"roc_{category}.png";
             PlotRoc(Path.Combine(outDir, roc), category, images);
             md.AppendLine($"## {category}").AppendLine().AppendLine($"![ROC {category}]({roc})").AppendLine();
-            double max = images.Max(i => i.Map.Max());
-            foreach (var (label, pick) in Cases(images))
+            var picks = result.Cases.GetValueOrDefault(category) ?? [];
+            double max = picks.Count == 0 ? 0 : picks.Max(i => i.Map.Max());
+            foreach (var pick in picks)
             {
-                string file = $"{category}_{label}_{Sanitize(pick.Sample.Stem)}_{Sanitize(pick.Sample.DefectType)}.png";
+                string file = $"{category}_{pick.Label}_{Sanitize(pick.Sample.Stem)}_{Sanitize(pick.Sample.DefectType)}.png";
                 using var overlay = Visuals.Overlay(pick.Image, pick.Map, max, pick.GroundTruth);
                 overlay.SaveAsPng(Path.Combine(outDir, file));
-                md.AppendLine($"- {label}: `{pick.Sample.ImagePath}` score {pick.Score:G4} ({(pick.Sample.IsAnomalous ? "anomalous" : "normal")}) ![{label}]({file})");
+                md.AppendLine($"- {pick.Label}: `{pick.Sample.ImagePath}` score {pick.Score:G4} ({(pick.Sample.IsAnomalous ? "anomalous" : "normal")}) ![{pick.Label}]({file})");
             }
             md.AppendLine();
         }
@@ -116,16 +129,7 @@ public static class ReportWriter
         return sb.ToString();
     }
 
-    private static IEnumerable<(string, ScoredImage)> Cases(IReadOnlyList<ScoredImage> images)
-    {
-        var anomalous = images.Where(i => i.Sample.IsAnomalous).OrderByDescending(i => i.Score).ToList();
-        var normal = images.Where(i => !i.Sample.IsAnomalous).OrderByDescending(i => i.Score).ToList();
-        if (anomalous.Count > 0) yield return ("best_detected", anomalous[0]);
-        if (anomalous.Count > 1) yield return ("worst_missed", anomalous[^1]);
-        if (normal.Count > 0) yield return ("worst_false_alarm", normal[0]);
-    }
-
-    private static void PlotRoc(string path, string category, IReadOnlyList<ScoredImage> images)
+    private static void PlotRoc(string path, string category, IReadOnlyList<ScoredSample> images)
     {
         var (fpr, tpr) = Visuals.RocCurve(images.Select(i => i.Score).ToList(), images.Select(i => i.Sample.IsAnomalous).ToList());
         var plot = new ScottPlot.Plot();
