@@ -6,6 +6,7 @@ using AnomalySD.Data;
 using AnomalySD.Scoring;
 using SixLabors.ImageSharp;
 using SixLabors.ImageSharp.PixelFormats;
+using SixLabors.ImageSharp.Processing;
 
 namespace AnomalySD.Pipeline;
 
@@ -110,6 +111,9 @@ public static class ReportWriter
             {
                 string file = $"{category}_{pick.Label}_{Sanitize(pick.Sample.Stem)}_{Sanitize(pick.Sample.DefectType)}.png";
                 using var overlay = Visuals.Overlay(pick.Image, pick.Map, max, pick.GroundTruth);
+                int scale = Math.Max(1, 256 / Math.Max(1, pick.Image.Width)); // small model resolutions are enlarged to be readable
+                if (scale > 1)
+                    overlay.Mutate(x => x.Resize(pick.Image.Width * scale, pick.Image.Height * scale, SixLabors.ImageSharp.Processing.KnownResamplers.NearestNeighbor));
                 overlay.SaveAsPng(Path.Combine(outDir, file));
                 md.AppendLine($"- {pick.Label}: `{pick.Sample.ImagePath}` score {pick.Score:G4} ({(pick.Sample.IsAnomalous ? "anomalous" : "normal")}) ![{pick.Label}]({file})");
             }
