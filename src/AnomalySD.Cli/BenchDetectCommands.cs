@@ -30,13 +30,13 @@ public sealed class BenchOptions : EngineOptions
     [Option("images", Default = 1, HelpText = "Images timed per mode (after one warm-up).")]
     public int Images { get; set; } = 1;
 
-    [Option("num-inference-steps", Default = 50)]
+    [Option("num-inference-steps", Default = 50, HelpText = "DDIM schedule length.")]
     public int NumInferenceSteps { get; set; } = 50;
 
-    [Option("noise-strength", Default = 0.4)]
+    [Option("noise-strength", Default = 0.4, HelpText = "λ: fraction of the schedule re-noised.")]
     public double NoiseStrength { get; set; } = 0.4;
 
-    [Option("scales", Default = "1,2,4,8")]
+    [Option("scales", Default = "1,2,4,8", HelpText = "Grid scales k.")]
     public string Scales { get; set; } = "1,2,4,8";
 
     [Option("inpaint-batch", Default = 0, HelpText = "Masks per UNet batch in batched mode (0: from available memory).")]
@@ -44,6 +44,23 @@ public sealed class BenchOptions : EngineOptions
 
     [Option("prototype-bank", HelpText = "Instead: time and peak memory of a 4-shot prototype bank (4 rotations) and one error map at --image-size (default 512).")]
     public bool PrototypeBank { get; set; }
+
+    public override void Validate()
+    {
+        Require(ImageSize >= 0 && ImageSize % 32 == 0, $"--image-size must be a positive multiple of 32 (or 0 for the default), got {ImageSize}");
+        Require(Images >= 1, $"--images must be >= 1, got {Images}");
+        Require(NumInferenceSteps >= 1, $"--num-inference-steps must be >= 1, got {NumInferenceSteps}");
+        Require(NoiseStrength is >= 0 and <= 1, $"--noise-strength must be in [0, 1], got {NoiseStrength}");
+        Require(InpaintBatch >= 0, $"--inpaint-batch must be >= 0, got {InpaintBatch}");
+        ParseScales(Scales);
+        foreach (string mode in CliSupport.SplitList(Modes))
+            Require(mode is "naive" or "batched", $"--modes: unknown mode '{mode}' (naive, batched)");
+        foreach (string d in CliSupport.SplitList(Dtype))
+        {
+            Require(Enum.TryParse<AsdDtype>(d, true, out var t) && t is AsdDtype.F32 or AsdDtype.F16 or AsdDtype.BF16, $"--dtype: '{d}' is not F32, F16 or BF16");
+            Require(!(t == AsdDtype.F16 && Device == "cpu"), "--dtype F16 is not supported on the CPU (libtorch has no half-precision LayerNorm there); use F32 or BF16");
+        }
+    }
 }
 
 [Verb("detect", HelpText = "Score images (files or folders) with a checkpoint: per-image score, decision at a threshold, heatmap PNGs.")]
@@ -64,17 +81,33 @@ public sealed class DetectOptions : EngineOptions
     [Option("out", HelpText = "Folder for heatmap overlay PNGs.")]
     public string? Out { get; set; }
 
-    [Option("masks", Default = MaskStrategy.Full)]
+    [Option("masks", Default = MaskStrategy.Full, HelpText = "Full (multi-scale + prototype), MultiScale, or Prototype (E only).")]
     public MaskStrategy Masks { get; set; } = MaskStrategy.Full;
 
-    [Option("resnet18")]
+    [Option("resnet18", HelpText = "ResNet18 weights (default: the build's resnet18_imagenet.safetensors).")]
     public string? ResNet18 { get; set; }
 
-    [Option("alexnet")]
+    [Option("alexnet", HelpText = "torchvision AlexNet weights, if the checkpoint uses the LPIPS-AlexNet distance.")]
     public string? AlexNet { get; set; }
 
-    [Option("lpips")]
+    [Option("lpips", HelpText = "LPIPS v0.1 linear weights, if the checkpoint uses the LPIPS-AlexNet distance.")]
     public string? Lpips { get; set; }
+
+    [Option("scales", Default = "1,2,4,8", HelpText = "Grid scales k.")]
+    public string Scales { get; set; } = "1,2,4,8";
+
+    [Option("num-inference-steps", Default = 50, HelpText = "DDIM schedule length.")]
+    public int NumInferenceSteps { get; set; } = 50;
+
+    [Option("noise-strength", HelpText = "λ (default: the category's value in the checkpoint).")]
+    public double? NoiseStrength { get; set; }
+
+    public override void Validate()
+    {
+        ParseScales(Scales);
+        Require(NumInferenceSteps >= 1, $"--num-inference-steps must be >= 1, got {NumInferenceSteps}");
+        Require(NoiseStrength is null || NoiseStrength is >= 0 and <= 1, $"--noise-strength must be in [0, 1], got {NoiseStrength}");
+    }
 }
 
 public static class BenchDetectCommands
@@ -82,7 +115,7 @@ public static class BenchDetectCommands
     public static int Bench(BenchOptions o, TextWriter output)
     {
         if (o.PrototypeBank) return BenchPrototypes(o, output);
-        var scales = CliSupport.SplitList(o.Scales).Select(int.Parse).ToList();
+        var scales = EngineOptions.ParseScales(o.Scales);
         foreach (string dtypeName in CliSupport.SplitList(o.Dtype))
         {
             var dtype = Enum.Parse<AsdDtype>(dtypeName, ignoreCase: true);
@@ -161,8 +194,9 @@ public static class BenchDetectCommands
             var prompts = meta.Categories.FirstOrDefault(c => c.Category == o.Category)
                 ?? throw new KeyNotFoundException($"category '{o.Category}' was not fitted in {o.Checkpoint} (fitted: {string.Join(", ", meta.Categories.Select(c => c.Category))})");
             var files = o.Inputs.SelectMany(i => Directory.Exists(i) ? DatasetFiles.ImagesIn(i) : [i]).ToList();
+            if (files.Count == 0) throw new FileNotFoundException($"no images found in {string.Join(", ", o.Inputs)}");
             var detector = new AnomalyDetector(model, new DetectorOptions(meta.Shots == 0 && o.Masks == MaskStrategy.Full ? MaskStrategy.MultiScale : o.Masks,
-                Inpaint: new InpaintOptions(Seed: o.Seed)));
+                EngineOptions.ParseScales(o.Scales), Inpaint: new InpaintOptions(o.NumInferenceSteps, Seed: o.Seed)));
             if (o.Out is not null) Directory.CreateDirectory(o.Out);
             int failures = 0;
             output.WriteLine(o.Threshold is null ? "image\tscore" : "image\tscore\tdecision");
@@ -171,7 +205,7 @@ public static class BenchDetectCommands
                 RgbImage image;
                 try { image = ImageIO.LoadRgb(file, meta.ImageSize); }
                 catch (ImageLoadException e) { log.LogWarning("skipped: {Message}", e.Message); failures++; continue; }
-                var s = detector.Score(o.Category, image, prompts.NoiseStrength);
+                var s = detector.Score(o.Category, image, o.NoiseStrength ?? prompts.NoiseStrength);
                 string decision = o.Threshold is double t ? (s.Score >= t ? "\tanomalous" : "\tnormal") : "";
                 output.WriteLine(string.Create(CultureInfo.InvariantCulture, $"{file}\t{s.Score:G6}{decision}"));
                 if (o.Out is not null)

@@ -19,8 +19,31 @@ public abstract class EngineOptions
     [Option("threads", HelpText = "CPU threads for libtorch (default: all hardware threads).")]
     public int? Threads { get; set; }
 
-    [Option("verbose", HelpText = "Debug logging.")]
+    [Option("verbose", HelpText = "Debug logging (and stack traces of internal errors).")]
     public bool Verbose { get; set; }
+
+    /// <summary>Checks the flags' values; throws ArgumentException naming the flag. Runs before any work.</summary>
+    public virtual void Validate() { }
+
+    protected static void Require(bool condition, string message)
+    {
+        if (!condition) throw new ArgumentException(message);
+    }
+
+    /// <summary>Parses a comma-separated list of grid scales (positive integers, no repeats).</summary>
+    public static IReadOnlyList<int> ParseScales(string text)
+    {
+        var items = text.Split(',', StringSplitOptions.TrimEntries);
+        var scales = new List<int>();
+        foreach (string item in items)
+        {
+            if (!int.TryParse(item, out int k) || k < 1)
+                throw new ArgumentException($"--scales '{text}': '{item}' is not a positive integer (example: 1,2,4,8)");
+            scales.Add(k);
+        }
+        if (scales.Distinct().Count() != scales.Count) throw new ArgumentException($"--scales '{text}': a scale is repeated");
+        return scales;
+    }
 }
 
 /// <summary>Logging, progress and the options file.</summary>
@@ -63,6 +86,7 @@ public static class CliSupport
         int i = Array.IndexOf(args, "--config");
         if (i < 0 || i + 1 >= args.Length) return args;
         string path = args[i + 1];
+        if (Directory.Exists(path)) throw new FileNotFoundException($"options file '{path}' is a directory, not a JSON file", path);
         if (!File.Exists(path)) throw new FileNotFoundException($"options file '{path}' does not exist", path);
         JsonDocument doc;
         try { doc = JsonDocument.Parse(File.ReadAllText(path)); }

@@ -12,10 +12,10 @@ public sealed class DemoOptions : EngineOptions
     [Option("image-size", Default = 64, HelpText = "Resolution of the synthetic images and of the model.")]
     public int ImageSize { get; set; } = 64;
 
-    [Option("unet-steps", Default = 200)]
+    [Option("unet-steps", Default = 200, HelpText = "UNet fine-tuning steps.")]
     public int UnetSteps { get; set; } = 200;
 
-    [Option("autoencoder-steps", Default = 200)]
+    [Option("autoencoder-steps", Default = 200, HelpText = "Autoencoder training steps.")]
     public int AutoencoderSteps { get; set; } = 200;
 }
 

@@ -65,6 +65,16 @@ public abstract class FitFlags : EngineOptions
     [Option("foreground-masks", HelpText = "Folder of user foreground masks m_f, paired by stem (optionally per category sub-folder).")]
     public string? ForegroundMasks { get; set; }
 
+    public override void Validate()
+    {
+        Require(Shots >= 0, $"--shots must be >= 0, got {Shots}");
+        Require(ImageSize >= 0 && ImageSize % 32 == 0, $"--image-size must be a positive multiple of 32 (or 0 for the default), got {ImageSize}");
+        Require(UnetSteps >= 0 && DecoderSteps >= 0 && AutoencoderSteps >= 0, "--unet-steps, --decoder-steps and --autoencoder-steps must be >= 0");
+        Require(BatchSize >= 1, $"--batch-size must be >= 1, got {BatchSize}");
+        Require(LearningRate > 0, $"--lr must be > 0, got {LearningRate}");
+        Require(Distance != DistanceKind.LpipsAlex || (AlexNet is not null && Lpips is not null), "--distance LpipsAlex needs --alexnet and --lpips");
+    }
+
     public FitOptions ToFitOptions() => new(Model, Shots, ShotSeed, ImageSize, UnetSteps, DecoderSteps, AutoencoderSteps, BatchSize, LearningRate, Seed,
         Device, Dtype, Distance, AlexNet, Lpips, ResNet18, Prompts, ForegroundMasks);
 }
@@ -79,6 +89,16 @@ public sealed class FitOptionsVerb : FitFlags
 [Verb("eval", HelpText = "Evaluate a checkpoint (or fit, then evaluate) on a dataset's test split; writes results.json, report.md and figures.")]
 public sealed class EvalOptionsVerb : FitFlags
 {
+    public override void Validate()
+    {
+        base.Validate();
+        ParseScales(Scales);
+        Require(NumInferenceSteps >= 1, $"--num-inference-steps must be >= 1, got {NumInferenceSteps}");
+        Require(NoiseStrength is null || NoiseStrength is >= 0 and <= 1, $"--noise-strength must be in [0, 1], got {NoiseStrength}");
+        Require(InpaintBatch >= 0, $"--inpaint-batch must be >= 0, got {InpaintBatch}");
+        Require(MaxImages is null || MaxImages >= 1, $"--max-images must be >= 1, got {MaxImages}");
+    }
+
     [Option("checkpoint", HelpText = "A checkpoint written by fit (default: fit first with the fit flags).")]
     public string? Checkpoint { get; set; }
 
@@ -156,16 +176,18 @@ public static class FitEvalCommands
                 log.LogWarning("no shots, no prototype bank: scoring with multi-scale masks only");
                 masks = MaskStrategy.MultiScale;
             }
-            var options = new DetectorOptions(masks, CliSupport.SplitList(o.Scales).Select(int.Parse).ToList(),
+            var options = new DetectorOptions(masks, EngineOptions.ParseScales(o.Scales),
                 Inpaint: new InpaintOptions(o.NumInferenceSteps, 0.4, o.InpaintBatch, o.Seed));
             var result = Evaluation.Run(model, meta, dataset, categories, options, log, CliSupport.Progress(), o.MaxImages);
             var run = new JsonObject
             {
-                ["model"] = meta.ModelSource, ["checkpoint"] = o.Checkpoint, ["shots"] = meta.Shots, ["image_size"] = meta.ImageSize,
+                ["model"] = meta.ModelSource, ["checkpoint"] = o.Checkpoint ?? "(fitted in this run, not saved)", ["shots"] = meta.Shots, ["image_size"] = meta.ImageSize,
+                ["scales"] = o.Scales, ["max_images"] = o.MaxImages?.ToString() ?? "all",
                 ["masks"] = masks.ToString(), ["distance"] = meta.Distance, ["num_inference_steps"] = o.NumInferenceSteps,
                 ["noise_strength"] = new JsonObject(meta.Categories.Select(c => new KeyValuePair<string, JsonNode?>(c.Category, c.NoiseStrength))),
                 ["seed"] = o.Seed, ["device"] = o.Device, ["fit_seconds"] = fitSeconds,
             };
+            run["wall_seconds_total"] = watch.Elapsed.TotalSeconds;
             ReportWriter.Write(o.Out, result, run);
             Console.WriteLine(ReportWriter.Table(result));
             Console.WriteLine($"wall time: {watch.Elapsed.TotalSeconds:F0} s (fit {fitSeconds:F0} s, eval {result.Seconds:F0} s); report: {Path.Combine(o.Out, "report.md")}");
@@ -180,6 +202,9 @@ public static class FitEvalCommands
         try
         {
             var meta = CheckpointMetadata.FromJson(model.Info()["metadata"] as JsonObject, path);
+            string banks = Path.Combine(path, "prototype_banks.safetensors");
+            if (meta.Shots > 0 && !File.Exists(banks))
+                throw new FileNotFoundException($"checkpoint '{path}' was fitted with {meta.Shots} shot(s) but its prototype banks file '{banks}' is missing", banks);
             var tokenizer = Fitting.TokenizerFor(Directory.Exists(Path.Combine(path, "tokenizer")) ? path : meta.ModelSource, meta.Tokenizer);
             foreach (var c in meta.Categories) model.SetCategory(c.Category, tokenizer.EncodePadded(c.All), tokenizer.MaxLength);
             var distance = meta.Distance == "lpips_alex" ? DistanceKind.LpipsAlex : DistanceKind.Resnet18Uniform;

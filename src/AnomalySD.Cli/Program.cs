@@ -17,17 +17,25 @@ try
         (DetectOptions o) => Run(o, () => BenchDetectCommands.Detect(o, Console.Out)),
         (BenchOptions o) => Run(o, () => BenchDetectCommands.Bench(o, Console.Out)),
         (DemoOptions o) => Run(o, () => DemoCommand.Run(o)),
-        _ => 1);
+        errors => errors.IsHelp() || errors.IsVersion() ? 0 : 1);
 }
 catch (Exception e) when (e is AsdException or DllNotFoundException or IOException or InvalidDataException or ImageLoadException
-                              or KeyNotFoundException or ArgumentException or UnauthorizedAccessException)
+                              or KeyNotFoundException or ArgumentException or UnauthorizedAccessException or FormatException)
 {
-    Console.Error.WriteLine($"anomalysd: error: {e.Message}");
+    Console.Error.WriteLine($"anomalysd: error: {e.Message.Split('\n')[0].Trim()}");
+    return 2;
+}
+catch (Exception e)
+{
+    // Anything else is a bug: one line for the user, the stack trace only with --verbose.
+    Console.Error.WriteLine($"anomalysd: internal error ({e.GetType().Name}): {e.Message}");
+    if (args.Contains("--verbose")) Console.Error.WriteLine(e);
     return 2;
 }
 
 static int Run(EngineOptions o, Func<int> body)
 {
+    o.Validate(); // every flag is checked before any model is built or data is read
     if (o.Threads is int t) EngineInfo.SetNumThreads(t);
     EngineInfo.ManualSeed(o.Seed);
     return body();

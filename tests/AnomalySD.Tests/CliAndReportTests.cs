@@ -23,6 +23,23 @@ public sealed class CliAndReportTests
     }
 
     [Fact]
+    public void FlagsAreValidatedBeforeAnyWork()
+    {
+        Assert.Equal([1, 2, 4, 8], EngineOptions.ParseScales("1,2,4,8"));
+        Assert.Contains("'abc' is not a positive integer", Assert.Throws<ArgumentException>(() => EngineOptions.ParseScales("abc")).Message);
+        Assert.Contains("'' is not a positive integer", Assert.Throws<ArgumentException>(() => EngineOptions.ParseScales("1,,2")).Message);
+        Assert.Contains("repeated", Assert.Throws<ArgumentException>(() => EngineOptions.ParseScales("2,2")).Message);
+        Assert.Contains("--images must be >= 1", Assert.Throws<ArgumentException>(() => new BenchOptions { Images = 0 }.Validate()).Message);
+        Assert.Contains("--dtype F16 is not supported on the CPU", Assert.Throws<ArgumentException>(() => new BenchOptions { Dtype = "F16" }.Validate()).Message);
+        Assert.Contains("--shots must be >= 0", Assert.Throws<ArgumentException>(() => new FitOptionsVerb { Shots = -1 }.Validate()).Message);
+        Assert.Contains("--image-size must be a positive multiple of 32", Assert.Throws<ArgumentException>(() => new FitOptionsVerb { ImageSize = 50 }.Validate()).Message);
+        Assert.Contains("--lr must be > 0", Assert.Throws<ArgumentException>(() => new FitOptionsVerb { LearningRate = -1 }.Validate()).Message);
+        Assert.Contains("--noise-strength must be in [0, 1]", Assert.Throws<ArgumentException>(() => new EvalOptionsVerb { NoiseStrength = 2 }.Validate()).Message);
+        new EvalOptionsVerb().Validate(); // the defaults are valid
+        new BenchOptions().Validate();
+    }
+
+    [Fact]
     public void RocCurveGroupsTies()
     {
         // scores 0.9(+), 0.8(-), 0.8(+), 0.1(-): thresholds 0.9 -> (0, 0.5); 0.8 (tie) -> (0.5, 1); 0.1 -> (1, 1).
