@@ -96,13 +96,7 @@ std::string dtype_string(torch::ScalarType t) { return t == torch::kFloat16 ? "F
 extern "C" {
 
 ASD_API asd_status asd_model_create_compact(uint64_t seed, const char* device, asd_model** out_model) {
-  return ASD_GUARD({
-    not_null(out_model, "out_model");
-    auto m = std::make_unique<asd_model>();
-    m->components = pl::compact_preset(seed);
-    m->components.to(asd::api::parse_device(device), torch::kFloat32);
-    *out_model = m.release();
-  });
+  return asd_model_create_preset("compact", seed, device, ASD_DTYPE_F32, out_model);
 }
 
 ASD_API asd_status asd_model_create_preset(const char* name, uint64_t seed, const char* device, asd_dtype dtype, asd_model** out_model) {

@@ -49,7 +49,7 @@ public static class Evaluation
         {
             var prompts = meta.Categories.FirstOrDefault(c => c.Category == category)
                 ?? throw new KeyNotFoundException($"category '{category}' was not fitted in this checkpoint (fitted: {string.Join(", ", meta.Categories.Select(c => c.Category))})");
-            var shots = new HashSet<string>(meta.Shots_.GetValueOrDefault(category) ?? [], StringComparer.Ordinal);
+            var shots = new HashSet<string>(meta.ShotPaths.GetValueOrDefault(category) ?? [], StringComparer.Ordinal);
             var tests = dataset.Test(category).Where(s => !shots.Contains(Path.GetFullPath(s.ImagePath))).ToList();
             if (maxImagesPerCategory is int cap) tests = Subsample(tests, cap);
             var watch = Stopwatch.StartNew();

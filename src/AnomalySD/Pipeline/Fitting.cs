@@ -31,7 +31,7 @@ public enum AsdDtypeName { F32, F16, BF16 }
 
 /// <summary>What a checkpoint records besides weights: categories with their prompts and λ, resolution, options.</summary>
 public sealed record CheckpointMetadata(int ImageSize, string ModelSource, int Shots, string Distance, IReadOnlyList<CategoryPrompts> Categories,
-                                        IReadOnlyDictionary<string, IReadOnlyList<string>> Shots_, string Tokenizer)
+                                        IReadOnlyDictionary<string, IReadOnlyList<string>> ShotPaths, string Tokenizer)
 {
     public JsonObject ToJson() => new()
     {
@@ -48,7 +48,7 @@ public sealed record CheckpointMetadata(int ImageSize, string ModelSource, int S
             ["fine"] = new JsonArray(c.Fine.Select(p => (JsonNode)JsonValue.Create(p)!).ToArray()),
             ["noise_strength"] = c.NoiseStrength,
             ["object_type"] = c.ObjectType == ObjectType.Texture ? "texture" : "object",
-            ["shot_paths"] = new JsonArray((Shots_.GetValueOrDefault(c.Category) ?? []).Select(p => (JsonNode)JsonValue.Create(p)!).ToArray()),
+            ["shot_paths"] = new JsonArray((ShotPaths.GetValueOrDefault(c.Category) ?? []).Select(p => (JsonNode)JsonValue.Create(p)!).ToArray()),
         }).ToArray()),
     };
 
