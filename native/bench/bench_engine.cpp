@@ -25,7 +25,7 @@ void BM_CompactUNetStep(benchmark::State& state) {
   for (auto _ : state) benchmark::DoNotOptimize(c.unet->forward(x, t, ctx));
   state.counters["params"] = static_cast<double>(parameter_count(*c.unet));
 }
-BENCHMARK(BM_CompactUNetStep)->Args({1, 64})->Args({8, 64})->Args({1, 32})->Args({8, 32})->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_CompactUNetStep)->Args({1, 64})->Args({8, 64})->Args({1, 32})->Args({8, 32})->Args({1, 16})->Args({4, 16})->Args({16, 16})->Args({86, 16})->Unit(benchmark::kMillisecond);
 
 // The same UNet with channels-last weights and inputs (oneDNN's preferred layout on CPU).
 void BM_CompactUNetStepChannelsLast(benchmark::State& state) {
@@ -53,6 +53,15 @@ void BM_CompactVaeDecode512(benchmark::State& state) {
   state.counters["params"] = static_cast<double>(parameter_count(*c.vae));
 }
 BENCHMARK(BM_CompactVaeDecode512)->Unit(benchmark::kMillisecond);
+
+// VAE encode + decode at 64x64 (the compact bench resolution), batch = range(0).
+void BM_CompactVae64(benchmark::State& state) {
+  c10::InferenceMode guard;
+  auto& c = compact();
+  const auto x = torch::rand({state.range(0), 3, 64, 64});
+  for (auto _ : state) benchmark::DoNotOptimize(c.vae->decode(c.vae->encode(x).first));
+}
+BENCHMARK(BM_CompactVae64)->Arg(1)->Arg(86)->Unit(benchmark::kMillisecond);
 
 void BM_CompactInpaint86Masks(benchmark::State& state) {
   auto& c = compact();

@@ -247,9 +247,11 @@ ASD_API asd_status asd_model_free(asd_model* model);
 /** A trainer of `model` (which must outlive it). `kind`: "unet" (eq. 7-8), "decoder" (eq. 9-10: decoder only)
  *  or "autoencoder" (encoder + decoder from scratch, for the compact preset). The decoder loss's perceptual term
  *  is the distance configured with asd_model_set_scoring (call it first; without it the loss is MSE only). `options_json`: NULL or
- *  {"batch_size": 8, "gradient_accumulation": 1, "learning_rate": 1e-4, "seed": 0, "beta": 0.1,
+ *  {"batch_size": 8, "gradient_accumulation": 1, "learning_rate": 1e-4, "seed": 0, "beta": 0.1, "mixed_precision": "no",
  *   "iou_thresholds": [0, 0.2, 0.5], "augment": {"brightness": 0.1, "contrast": 0.1, "scale_min": 0.9,
- *   "scale_max": 1.1, "rotation_degrees": 10}}. */
+ *   "scale_max": 1.1, "rotation_degrees": 10}}.
+ *  "mixed_precision": "no" | "bf16" (autocast to bfloat16, CPU or CUDA) | "fp16" (autocast to float16 with dynamic
+ *  loss scaling, CUDA only); both need an F32 model (fp32 master weights). ASD_ERR_INVALID_ARGUMENT otherwise. */
 ASD_API asd_status asd_trainer_create(asd_model* model, const char* kind, const char* options_json, asd_trainer** out_trainer);
 
 /** Adds the shots of one category: images k x 3 x height x width in [-1, 1]; foregrounds k x height x width

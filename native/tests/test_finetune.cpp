@@ -37,6 +37,25 @@ bool same_parameters(const torch::nn::Module& a, const torch::nn::Module& b) {
   return true;
 }
 
+/// MSE of D(mean E(x)) against x.
+double reconstruction_mse(SdComponents& c, const torch::Tensor& x) {
+  torch::NoGradGuard ng;
+  return torch::mse_loss(c.vae->decode(c.vae->encode(x).first), x).item<double>();
+}
+
+/// Runs `steps` trainer steps; returns the summed losses of the first and of the last `window` steps.
+template <typename Trainer>
+std::pair<double, double> first_and_last_losses(Trainer& trainer, int steps, int window) {
+  std::vector<double> losses;
+  for (int i = 0; i < steps; ++i) losses.push_back(trainer.step());
+  double first = 0, last = 0;
+  for (int i = 0; i < window; ++i) {
+    first += losses[static_cast<size_t>(i)];
+    last += losses[losses.size() - 1 - static_cast<size_t>(i)];
+  }
+  return {first, last};
+}
+
 }  // namespace
 
 TEST(Finetune, BatchesCycleCategoriesAndAugmentJointly) {
@@ -64,13 +83,7 @@ TEST(Finetune, UNetLossDecreasesOnFixedProbe) {
   SdComponents c = compact_preset(1);
   UNetFinetuner trainer(c, tiny_data(), tiny_options());
   // The same step index replays the same randomness: the loss of step 0's batch before and after training.
-  std::vector<double> losses;
-  for (int i = 0; i < 40; ++i) losses.push_back(trainer.step());
-  double first = 0, last = 0;
-  for (int i = 0; i < 8; ++i) {
-    first += losses[i];
-    last += losses[losses.size() - 1 - i];
-  }
+  const auto [first, last] = first_and_last_losses(trainer, 40, 8);
   std::cout << "UNet loss: first 8 steps " << first / 8 << ", last 8 steps " << last / 8 << "\n";
   EXPECT_LT(last, first * 0.8) << "the ε-prediction loss (eq. 8) must fall when training on two images";
   EXPECT_EQ(trainer.steps_done(), 40);
@@ -102,11 +115,7 @@ TEST(Finetune, DecoderReconstructionImproves) {
   auto data = tiny_data();
   // A toy perceptual term (per-sample mean absolute difference) stands in for LPIPS here.
   PerceptualLoss l1 = [](const torch::Tensor& x, const torch::Tensor& y) { return (x - y).abs().mean({1, 2, 3}); };
-  auto recon_error = [&] {
-    torch::NoGradGuard ng;
-    const auto x = data[0].images;
-    return torch::mse_loss(c.vae->decode(c.vae->encode(x).first), x).item<double>();
-  };
+  auto recon_error = [&] { return reconstruction_mse(c, data[0].images); };
   const double before = recon_error();
   FinetuneOptions o = tiny_options();
   o.learning_rate = 2e-3;
@@ -191,4 +200,107 @@ TEST(Checkpoint, MismatchedOrIncompatibleCheckpointsFailClearly) {
     EXPECT_EQ(e.status(), ASD_ERR_FORMAT);
     EXPECT_NE(std::string(e.what()).find("anomalysd.json"), std::string::npos) << e.what();
   }
+}
+
+// ------------------------------------------------------------------ mixed precision
+
+#include <limits>
+
+#include "core/mixed_precision.h"
+
+TEST(MixedPrecision, AutocastGuardCastsMatmulsAndRestoresState) {
+  const auto a = torch::randn({4, 8}), b = torch::randn({8, 3});
+  EXPECT_EQ(torch::mm(a, b).scalar_type(), torch::kFloat32);
+  {
+    asd::AutocastGuard guard(torch::kCPU, asd::MixedPrecision::kBF16);
+    EXPECT_EQ(torch::mm(a, b).scalar_type(), torch::kBFloat16) << "bf16 autocast runs matmuls in bfloat16";
+    // bf16 keeps 8 mantissa bits: each product is within ~2^-8 relative of fp32's.
+    const auto exact = torch::mm(a.to(torch::kFloat64), b.to(torch::kFloat64));
+    EXPECT_LT((torch::mm(a, b).to(torch::kFloat64) - exact).abs().max().item<double>(), 0.02 * (a.abs().mm(b.abs())).max().item<double>());
+  }
+  EXPECT_EQ(torch::mm(a, b).scalar_type(), torch::kFloat32) << "the guard restores full precision";
+  { asd::AutocastGuard none(torch::kCPU, asd::MixedPrecision::kNone); EXPECT_EQ(torch::mm(a, b).scalar_type(), torch::kFloat32); }
+}
+
+TEST(MixedPrecision, ParseAndDeviceChecks) {
+  EXPECT_EQ(asd::parse_mixed_precision("bf16"), asd::MixedPrecision::kBF16);
+  EXPECT_EQ(asd::parse_mixed_precision("no"), asd::MixedPrecision::kNone);
+  EXPECT_THROW(asd::parse_mixed_precision("fp8"), asd::Error);
+  EXPECT_THROW(asd::check_mixed_precision(asd::MixedPrecision::kFP16, torch::kCPU, torch::kFloat32), asd::Error);
+  EXPECT_THROW(asd::check_mixed_precision(asd::MixedPrecision::kBF16, torch::kCPU, torch::kBFloat16), asd::Error);
+  EXPECT_NO_THROW(asd::check_mixed_precision(asd::MixedPrecision::kBF16, torch::kCPU, torch::kFloat32));
+}
+
+TEST(MixedPrecision, LossScalerFollowsGradScalerRule) {
+  asd::LossScaler scaler(true, 1024.0, /*growth_interval=*/2);
+  auto p = torch::zeros({3}, torch::requires_grad());
+  p.mutable_grad() = torch::tensor({1024.0f, -2048.0f, 512.0f});
+  EXPECT_TRUE(scaler.unscale_and_check({p}));
+  EXPECT_TRUE(torch::equal(p.grad(), torch::tensor({1.0f, -2.0f, 0.5f}))) << "gradients are divided by the scale";
+  scaler.update(true);
+  EXPECT_EQ(scaler.scale(), 1024.0);
+  scaler.update(true);
+  EXPECT_EQ(scaler.scale(), 2048.0) << "doubles after growth_interval finite steps";
+  p.mutable_grad() = torch::tensor({1.0f, std::numeric_limits<float>::infinity(), 0.0f});
+  EXPECT_FALSE(scaler.unscale_and_check({p}));
+  scaler.update(false);
+  EXPECT_EQ(scaler.scale(), 1024.0) << "halves on overflow";
+  EXPECT_EQ(scaler.growth_tracker(), 0);
+  asd::LossScaler off(false);
+  p.mutable_grad() = torch::tensor({4.0f, 5.0f, 6.0f});
+  EXPECT_TRUE(off.unscale_and_check({p}));
+  EXPECT_TRUE(torch::equal(p.grad(), torch::tensor({4.0f, 5.0f, 6.0f}))) << "a disabled scaler leaves gradients alone";
+}
+
+TEST(MixedPrecision, Bf16UNetTrainingKeepsFp32WeightsAndLearns) {
+  SdComponents c = compact_preset(1);
+  FinetuneOptions o = tiny_options();
+  o.mixed_precision = asd::MixedPrecision::kBF16;
+  UNetFinetuner trainer(c, tiny_data(), o);
+  const auto [first, last] = first_and_last_losses(trainer, 40, 8);
+  std::cout << "bf16 UNet loss: first 8 steps " << first / 8 << ", last 8 steps " << last / 8 << "\n";
+  EXPECT_LT(last, first * 0.8);
+  for (const auto& p : c.unet->parameters()) ASSERT_EQ(p.scalar_type(), torch::kFloat32) << "master weights stay fp32";
+  // The bf16 run follows the fp32 run's first step closely (same batch, same noise): loss within bf16 rounding.
+  SdComponents c32 = compact_preset(1), c16 = compact_preset(1);
+  UNetFinetuner full(c32, tiny_data(), tiny_options());
+  UNetFinetuner mixed(c16, tiny_data(), o);
+  const double l32 = full.step(), l16 = mixed.step();
+  std::cout << "step-0 loss fp32 " << l32 << ", bf16 autocast " << l16 << "\n";
+  EXPECT_NEAR(l16, l32, 0.05 * l32);
+}
+
+TEST(MixedPrecision, Bf16DecoderTrainingReducesReconstructionError) {
+  SdComponents c = compact_preset(4);
+  auto data = tiny_data();
+  auto recon_error = [&] { return reconstruction_mse(c, data[0].images); };
+  const double before = recon_error();
+  FinetuneOptions o = tiny_options();
+  o.learning_rate = 2e-3;
+  o.mixed_precision = asd::MixedPrecision::kBF16;
+  DecoderFinetuner trainer(c, data, o, {}, 0.0, /*train_encoder=*/true);
+  for (int i = 0; i < 30; ++i) trainer.step();
+  const double after = recon_error();
+  std::cout << "bf16 VAE reconstruction MSE: before " << before << ", after 30 steps " << after << "\n";
+  EXPECT_LT(after, before * 0.5);
+}
+
+TEST(MixedPrecision, Fp16OnCpuAndBf16WeightsAreRefused) {
+  SdComponents c = compact_preset(1);
+  FinetuneOptions o = tiny_options();
+  o.mixed_precision = asd::MixedPrecision::kFP16;
+  EXPECT_THROW(UNetFinetuner(c, tiny_data(), o), asd::Error);
+}
+
+TEST(MixedPrecision, Fp16UNetTrainingOnCuda) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  SdComponents c = compact_preset(1);
+  c.to(torch::kCUDA, torch::kFloat32);
+  FinetuneOptions o = tiny_options();
+  o.mixed_precision = asd::MixedPrecision::kFP16;
+  UNetFinetuner trainer(c, tiny_data(), o);
+  const auto [first, last] = first_and_last_losses(trainer, 40, 8);
+  ASSERT_TRUE(std::isfinite(first) && std::isfinite(last));
+  std::cout << "fp16 (CUDA) UNet loss: first 8 steps " << first / 8 << ", last 8 steps " << last / 8 << "\n";
+  EXPECT_LT(last, first * 0.8);
 }

@@ -47,6 +47,9 @@ public abstract class FitFlags : EngineOptions
     [Option("dtype", Default = AsdDtypeName.F32, HelpText = "Weights dtype of an SD model: F32, F16, BF16.")]
     public AsdDtypeName Dtype { get; set; } = AsdDtypeName.F32;
 
+    [Option("mixed-precision", Default = MixedPrecisionMode.No, HelpText = "Training forward passes in No (fp32), Bf16 (CPU or CUDA) or Fp16 (CUDA, with loss scaling); needs --dtype F32.")]
+    public MixedPrecisionMode MixedPrecision { get; set; } = MixedPrecisionMode.No;
+
     [Option("distance", Default = DistanceKind.Resnet18Uniform, HelpText = "Perceptual distance: LpipsAlex (needs --alexnet, --lpips) or Resnet18Uniform.")]
     public DistanceKind Distance { get; set; } = DistanceKind.Resnet18Uniform;
 
@@ -72,11 +75,13 @@ public abstract class FitFlags : EngineOptions
         Require(UnetSteps >= 0 && DecoderSteps >= 0 && AutoencoderSteps >= 0, "--unet-steps, --decoder-steps and --autoencoder-steps must be >= 0");
         Require(BatchSize >= 1, $"--batch-size must be >= 1, got {BatchSize}");
         Require(LearningRate > 0, $"--lr must be > 0, got {LearningRate}");
+        Require(MixedPrecision == MixedPrecisionMode.No || Dtype == AsdDtypeName.F32, $"--mixed-precision {MixedPrecision} keeps fp32 master weights: use --dtype F32, not {Dtype}");
+        Require(MixedPrecision != MixedPrecisionMode.Fp16 || Device.StartsWith("cuda", StringComparison.Ordinal), "--mixed-precision Fp16 needs --device cuda; use Bf16 on the CPU");
         Require(Distance != DistanceKind.LpipsAlex || (AlexNet is not null && Lpips is not null), "--distance LpipsAlex needs --alexnet and --lpips");
     }
 
     public FitOptions ToFitOptions() => new(Model, Shots, ShotSeed, ImageSize, UnetSteps, DecoderSteps, AutoencoderSteps, BatchSize, LearningRate, Seed,
-        Device, Dtype, Distance, AlexNet, Lpips, ResNet18, Prompts, ForegroundMasks);
+        Device, Dtype, Distance, AlexNet, Lpips, ResNet18, Prompts, ForegroundMasks, MixedPrecision);
 }
 
 [Verb("fit", HelpText = "Fine-tune one model for all categories on K shots each and write a checkpoint.")]

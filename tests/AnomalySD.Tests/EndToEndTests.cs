@@ -32,6 +32,7 @@ public sealed class EndToEndTests(ITestOutputHelper output) : IDisposable
         {
             Data = TestPaths.Shared("data"), Categories = "bottle,pcb", Shots = 1, Model = "compact", ImageSize = 64,
             UnetSteps = 10, AutoencoderSteps = 10, BatchSize = 4, LearningRate = 1e-4, Out = ckpt, Seed = 5,
+            MixedPrecision = MixedPrecisionMode.Bf16, // the CPU's mixed precision (fp16 autocast is CUDA only)
         };
         Assert.Equal(0, FitEvalCommands.Fit(fit));
         Assert.True(File.Exists(Path.Combine(ckpt, "anomalysd.json")));
@@ -79,6 +80,8 @@ public sealed class EndToEndTests(ITestOutputHelper output) : IDisposable
         // Same checkpoint, same seed: identical image scores.
         using var model1 = FitEvalCommands.LoadCheckpoint(ckpt, "cpu", null, null, null, Microsoft.Extensions.Logging.Abstractions.NullLogger.Instance).Item1;
         var meta = CheckpointMetadata.FromJson(model1.Info()["metadata"] as JsonObject, ckpt);
+        Assert.Equal("bf16", meta.FitOptions!["mixed_precision"]!.GetValue<string>()); // the options are in the checkpoint
+        Assert.Equal(10, meta.FitOptions["unet_steps"]!.GetValue<int>());
         var detector = new AnomalyDetector(model1, new DetectorOptions(Scales: [1, 2], Inpaint: new InpaintOptions(10, 0.4, 0, 5)));
         var image = ImageIO.LoadRgb(TestPaths.Shared("data/bottle/test/broken_large/000.png"), meta.ImageSize);
         double a = detector.Score("bottle", image, 0.4).Score, b = detector.Score("bottle", image, 0.4).Score;
@@ -98,6 +101,16 @@ public sealed class EndToEndTests(ITestOutputHelper output) : IDisposable
         var results = JsonNode.Parse(File.ReadAllText(Path.Combine(report, "results.json")))!.AsObject();
         Assert.Equal("Prototype", results["run"]!["masks"]!.GetValue<string>());
         Assert.InRange(results["categories"]!["bottle"]!["pixel_auroc"]!.GetValue<double>(), 0.0, 1.0);
+    }
+
+    [Fact]
+    public void Fp16MixedPrecisionOnTheCpuIsRefusedByTheEngine()
+    {
+        using var model = InpaintingModel.CreateCompact(0, "cpu");
+        var e = Assert.ThrowsAny<AnomalySD.Native.AsdException>(() =>
+            ModelTrainer.Create(model, TrainerKind.Unet, new TrainerOptions(MixedPrecision: MixedPrecisionMode.Fp16)));
+        Assert.Contains("fp16 needs a CUDA device", e.Message);
+        using var bf16 = ModelTrainer.Create(model, TrainerKind.Unet, new TrainerOptions(MixedPrecision: MixedPrecisionMode.Bf16));
     }
 
     [Fact]

@@ -72,6 +72,7 @@ pl::FinetuneOptions finetune_options(const nlohmann::json& j, double* beta) {
     o.gradient_accumulation = j.value("gradient_accumulation", o.gradient_accumulation);
     o.learning_rate = j.value("learning_rate", o.learning_rate);
     o.seed = j.value("seed", o.seed);
+    o.mixed_precision = asd::parse_mixed_precision(j.value("mixed_precision", std::string("no")));
     if (j.contains("iou_thresholds")) o.masks.gammas = j.at("iou_thresholds").get<std::vector<double>>();
     *beta = j.value("beta", 0.1);
     if (j.contains("augment")) {
@@ -240,6 +241,7 @@ ASD_API asd_status asd_trainer_create(asd_model* model, const char* kind, const 
     t->model = model;
     t->kind = k;
     t->options = finetune_options(parse_object(options_json, "options_json"), &t->beta);
+    asd::check_mixed_precision(t->options.mixed_precision, model->components.device, model->components.dtype);
     *out_trainer = t.release();
   });
 }

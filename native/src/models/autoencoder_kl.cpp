@@ -161,7 +161,7 @@ torch::Tensor VaeCoderImpl::forward(const torch::Tensor& input) {
     for (auto& b : blocks_) x = b->forward(x);
     x = mid_block_->forward(x);
   }
-  return conv_out_->forward(torch::silu(conv_norm_out_->forward(x)));
+  return conv_out_->forward(torch::silu(normalize(conv_norm_out_, x)));
 }
 
 // ---------------------------------------------------------------------------------------------------

@@ -29,12 +29,12 @@ ResnetBlock2DImpl::ResnetBlock2DImpl(const ResnetBlock2DOptions& o) : output_sca
 }
 
 torch::Tensor ResnetBlock2DImpl::forward(const torch::Tensor& x, const torch::Tensor& temb) {
-  torch::Tensor h = conv1_->forward(torch::silu(norm1_->forward(x)));
+  torch::Tensor h = conv1_->forward(torch::silu(normalize(norm1_, x)));
   if (temb.defined() && time_emb_proj_) {
     const torch::Tensor t = time_emb_proj_->forward(torch::silu(temb));
     h = h + t.unsqueeze(-1).unsqueeze(-1);
   }
-  h = conv2_->forward(torch::silu(norm2_->forward(h)));
+  h = conv2_->forward(torch::silu(normalize(norm2_, h)));
   torch::Tensor out = (conv_shortcut_ ? conv_shortcut_->forward(x) : x) + h;
   if (output_scale_factor_ != 1.0) out = out / output_scale_factor_;
   return out;
@@ -78,7 +78,7 @@ AttentionImpl::AttentionImpl(const AttentionOptions& o) : o_(o), scale_(1.0 / st
 torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const torch::Tensor& context) {
   const bool spatial = x.dim() == 4;
   torch::Tensor h = x;
-  if (group_norm_) h = group_norm_->forward(h);
+  if (group_norm_) h = normalize(group_norm_, h);
   int64_t b = 0, c = 0, hh = 0, ww = 0;
   if (spatial) {
     b = x.size(0), c = x.size(1), hh = x.size(2), ww = x.size(3);
@@ -140,9 +140,9 @@ BasicTransformerBlockImpl::BasicTransformerBlockImpl(const TransformerBlockOptio
 }
 
 torch::Tensor BasicTransformerBlockImpl::forward(torch::Tensor x, const torch::Tensor& context) {
-  x = attn1_->forward(norm1_->forward(x)) + x;
-  x = attn2_->forward(norm2_->forward(x), context) + x;
-  x = ff_->forward(norm3_->forward(x)) + x;
+  x = attn1_->forward(normalize(norm1_, x)) + x;
+  x = attn2_->forward(normalize(norm2_, x), context) + x;
+  x = ff_->forward(normalize(norm3_, x)) + x;
   return x;
 }
 
@@ -175,7 +175,7 @@ Transformer2DModelImpl::Transformer2DModelImpl(const Transformer2DOptions& o) : 
 
 torch::Tensor Transformer2DModelImpl::forward(const torch::Tensor& x, const torch::Tensor& context) {
   const int64_t b = x.size(0), h = x.size(2), w = x.size(3);
-  torch::Tensor t = norm_->forward(x);
+  torch::Tensor t = normalize(norm_, x);
   int64_t inner = 0;
   if (linear_) {
     inner = t.size(1);

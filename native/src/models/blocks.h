@@ -12,6 +12,15 @@
 
 namespace asd::models {
 
+/// Runs a GroupNorm or LayerNorm in its parameters' dtype. Under mixed-precision autocast, convolutions and
+/// matmuls hand norms bf16/fp16 activations while the norm keeps fp32 weights; CUDA autocast runs norms in
+/// fp32 itself, libtorch 1.13's CPU autocast does not, so the cast is explicit here (a no-op otherwise).
+template <typename Norm>
+torch::Tensor normalize(Norm& norm, const torch::Tensor& x) {
+  const torch::Tensor& w = norm->weight;
+  return w.defined() && w.scalar_type() != x.scalar_type() ? norm->forward(x.to(w.scalar_type())) : norm->forward(x);
+}
+
 // ---------------------------------------------------------------------------------------------------
 /// ResnetBlock2D (time_embedding_norm "default", pre_norm, SiLU):
 ///   h = conv1(silu(norm1(x))); h += time_emb_proj(silu(temb))[:, :, None, None] (if temb);

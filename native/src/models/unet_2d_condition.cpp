@@ -283,7 +283,7 @@ torch::Tensor UNet2DConditionModelImpl::forward(const torch::Tensor& sample, con
     if (i + 1 < up_blocks_.size() && forward_upsample_size) size = std::vector<int64_t>{skips[remaining - 1].size(2), skips[remaining - 1].size(3)};
     x = block->forward(x, emb, encoder_hidden_states, skips, std::move(size));
   }
-  x = conv_out_->forward(torch::silu(conv_norm_out_->forward(x)));
+  x = conv_out_->forward(torch::silu(normalize(conv_norm_out_, x)));
   return x;
 }
 

@@ -53,18 +53,29 @@ std::vector<torch::Tensor> embed_prompts(SdComponents& c, const std::vector<Cate
   return out;
 }
 
-void write_optimizer(const torch::optim::Adam& optimizer, const std::string& path) {
+void write_optimizer(const torch::optim::Adam& optimizer, const LossScaler& scaler, const std::string& path) {
   std::ostringstream buffer;
-  torch::save(optimizer, buffer);
+  torch::serialize::OutputArchive archive;
+  optimizer.save(archive);
+  archive.write("anomalysd_loss_scale", torch::tensor(scaler.scale(), torch::kFloat64));
+  archive.write("anomalysd_loss_scale_growth_tracker", torch::tensor(scaler.growth_tracker(), torch::kInt64));
+  archive.save_to(buffer);
   const std::string bytes = buffer.str();
   write_file_atomically(path, [&](std::ostream& out) { out.write(bytes.data(), static_cast<std::streamsize>(bytes.size())); });
 }
 
-void read_optimizer(torch::optim::Adam& optimizer, const std::string& path) {
+void read_optimizer(torch::optim::Adam& optimizer, LossScaler& scaler, const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) throw_error(ASD_ERR_IO, "cannot open optimizer state '" + path + "'");
   try {
-    torch::load(optimizer, in);
+    torch::serialize::InputArchive archive;
+    archive.load_from(in);
+    optimizer.load(archive);
+    torch::Tensor scale, tracker;  // absent in files written without mixed precision support: keep the defaults
+    if (archive.try_read("anomalysd_loss_scale", scale) && archive.try_read("anomalysd_loss_scale_growth_tracker", tracker) &&
+        scaler.enabled()) {
+      scaler.set_state(scale.item<double>(), tracker.item<int64_t>());
+    }
   } catch (const c10::Error& e) {
     throw_error(ASD_ERR_FORMAT, "optimizer state '" + path + "' is corrupt or belongs to another model: " + e.what_without_backtrace());
   }
@@ -119,8 +130,10 @@ UNetFinetuner::UNetFinetuner(SdComponents& components, std::vector<CategoryShots
       data_((check_data(data), std::move(data))),
       options_(options),
       prompt_embeddings_(embed_prompts(components, data_)),
-      optimizer_(components.unet->parameters(), torch::optim::AdamOptions(options.learning_rate)) {
+      optimizer_(components.unet->parameters(), torch::optim::AdamOptions(options.learning_rate)),
+      scaler_(options.mixed_precision == MixedPrecision::kFP16) {
   require(options.batch_size >= 1 && options.gradient_accumulation >= 1, "batch_size and gradient_accumulation must be >= 1");
+  check_mixed_precision(options.mixed_precision, c_.device, c_.dtype);
   require(options.learning_rate > 0, "learning_rate must be > 0");
   for (auto& d : data_) {
     d.images = d.images.to(c_.device, c_.dtype);
@@ -153,34 +166,40 @@ double UNetFinetuner::step() {
     }
     const torch::Tensor m = torch::stack(masks).to(c_.device, c_.dtype);
     const torch::Tensor context = torch::stack(contexts);
-    torch::Tensor z, z_masked;
+    torch::Tensor loss;
     {
-      torch::NoGradGuard frozen;  // E(·) is not trained here
-      z = encode_mean(c_, b.images);
-      z_masked = encode_mean(c_, b.images * (1 - m));
+      AutocastGuard autocast(c_.device, options_.mixed_precision);
+      torch::Tensor z, z_masked;
+      {
+        torch::NoGradGuard frozen;  // E(·) is not trained here
+        z = encode_mean(c_, b.images).to(c_.dtype);
+        z_masked = encode_mean(c_, b.images * (1 - m)).to(c_.dtype);
+      }
+      const torch::Tensor m_small = F::interpolate(m, F::InterpolateFuncOptions().size(std::vector<int64_t>{h, w}).mode(torch::kNearest));
+      const torch::Tensor t = torch::randint(0, T, {B}, r.generator, torch::TensorOptions().dtype(torch::kInt64));
+      const torch::Tensor noise = torch::randn(z.sizes(), r.generator, torch::TensorOptions().dtype(torch::kFloat32)).to(c_.device, c_.dtype);
+      const torch::Tensor z_t = schedule.add_noise(z, noise, t);
+      const torch::Tensor pred = c_.unet->forward(kernels::mask_concat(z_t, z_masked, m_small), t.to(c_.device), context);
+      const torch::Tensor target =
+          c_.scheduler.schedule.prediction_type == schedulers::PredictionType::kVPrediction ? schedule.get_velocity(z, noise, t) : noise;
+      loss = F::mse_loss(pred.to(torch::kFloat32), target.to(torch::kFloat32)) / options_.gradient_accumulation;
     }
-    const torch::Tensor m_small = F::interpolate(m, F::InterpolateFuncOptions().size(std::vector<int64_t>{h, w}).mode(torch::kNearest));
-    const torch::Tensor t = torch::randint(0, T, {B}, r.generator, torch::TensorOptions().dtype(torch::kInt64));
-    const torch::Tensor noise = torch::randn(z.sizes(), r.generator, torch::TensorOptions().dtype(torch::kFloat32)).to(c_.device, c_.dtype);
-    const torch::Tensor z_t = schedule.add_noise(z, noise, t);
-    const torch::Tensor pred = c_.unet->forward(kernels::mask_concat(z_t, z_masked, m_small), t.to(c_.device), context);
-    const torch::Tensor target =
-        c_.scheduler.schedule.prediction_type == schedulers::PredictionType::kVPrediction ? schedule.get_velocity(z, noise, t) : noise;
-    const torch::Tensor loss = F::mse_loss(pred.to(torch::kFloat32), target.to(torch::kFloat32)) / options_.gradient_accumulation;
-    loss.backward();
+    (scaler_.enabled() ? loss * scaler_.scale() : loss).backward();  // backward outside autocast, as libtorch asks
     total += loss.item<double>();
   }
-  optimizer_.step();
+  const bool finite = scaler_.unscale_and_check(optimizer_.param_groups()[0].params());
+  if (finite) optimizer_.step();
+  scaler_.update(finite);
   ++steps_done_;
   c_.unet->eval();
   return total;
 }
 
-void UNetFinetuner::save_optimizer(const std::string& path) const { write_optimizer(optimizer_, path); }
+void UNetFinetuner::save_optimizer(const std::string& path) const { write_optimizer(optimizer_, scaler_, path); }
 
 void UNetFinetuner::load_optimizer(const std::string& path, int64_t steps_done) {
   require(steps_done >= 0, "steps_done must be >= 0");
-  read_optimizer(optimizer_, path);
+  read_optimizer(optimizer_, scaler_, path);
   steps_done_ = steps_done;
 }
 
@@ -205,8 +224,10 @@ DecoderFinetuner::DecoderFinetuner(SdComponents& components, std::vector<Categor
       beta_(beta),
       train_encoder_(train_encoder),
       params_(decoder_parameters(components, train_encoder)),
-      optimizer_(params_, torch::optim::AdamOptions(options.learning_rate)) {
+      optimizer_(params_, torch::optim::AdamOptions(options.learning_rate)),
+      scaler_(options.mixed_precision == MixedPrecision::kFP16) {
   require(beta >= 0, "beta must be >= 0");
+  check_mixed_precision(options.mixed_precision, c_.device, c_.dtype);
   for (auto& d : data_) {
     d.images = d.images.to(c_.device, c_.dtype);
     d.foregrounds = d.foregrounds.to(c_.device, c_.dtype);
@@ -221,28 +242,34 @@ double DecoderFinetuner::step() {
     const int64_t index = steps_done_ * options_.gradient_accumulation + micro;
     StepRandom r(options_.seed, index, 2);
     const TrainingBatch b = draw_batch(data_, options_.batch_size, index, options_.augment, r.generator, r.rng);
-    torch::Tensor mean, logvar;
-    if (train_encoder_) {
-      std::tie(mean, logvar) = c_.vae->encode(b.images);
-    } else {
-      torch::NoGradGuard frozen;
-      std::tie(mean, logvar) = c_.vae->encode(b.images);
+    torch::Tensor loss;
+    {
+      AutocastGuard autocast(c_.device, options_.mixed_precision);
+      torch::Tensor mean, logvar;
+      if (train_encoder_) {
+        std::tie(mean, logvar) = c_.vae->encode(b.images);
+      } else {
+        torch::NoGradGuard frozen;
+        std::tie(mean, logvar) = c_.vae->encode(b.images);
+      }
+      torch::Tensor latents = mean;
+      torch::Tensor kl = torch::zeros({}, mean.options().dtype(torch::kFloat32));
+      if (train_encoder_) {  // reparameterised posterior sample + KL to N(0, I), as in SD's autoencoder training
+        const torch::Tensor eps = torch::randn(mean.sizes(), r.generator, torch::TensorOptions().dtype(torch::kFloat32)).to(mean.device(), mean.scalar_type());
+        latents = mean + torch::exp(0.5 * logvar) * eps;
+        kl = 0.5 * (mean.pow(2) + logvar.exp() - 1 - logvar).to(torch::kFloat32).sum({1, 2, 3}).mean();
+      }
+      const torch::Tensor recon = c_.vae->decode(latents).to(torch::kFloat32);
+      loss = F::mse_loss(recon, b.images.to(torch::kFloat32));
+      if (beta_ > 0 && perceptual_) loss = loss + beta_ * perceptual_(b.images, recon).to(torch::kFloat32).mean();
+      loss = (loss + 1e-6 * kl) / options_.gradient_accumulation;
     }
-    torch::Tensor latents = mean;
-    torch::Tensor kl = torch::zeros({}, mean.options());
-    if (train_encoder_) {  // reparameterised posterior sample + KL to N(0, I), as in SD's autoencoder training
-      const torch::Tensor eps = torch::randn(mean.sizes(), r.generator, torch::TensorOptions().dtype(torch::kFloat32)).to(mean.device(), mean.scalar_type());
-      latents = mean + torch::exp(0.5 * logvar) * eps;
-      kl = 0.5 * (mean.pow(2) + logvar.exp() - 1 - logvar).sum({1, 2, 3}).mean();
-    }
-    const torch::Tensor recon = c_.vae->decode(latents);
-    torch::Tensor loss = F::mse_loss(recon, b.images);
-    if (beta_ > 0 && perceptual_) loss = loss + beta_ * perceptual_(b.images, recon).mean();
-    loss = (loss + 1e-6 * kl) / options_.gradient_accumulation;
-    loss.backward();
+    (scaler_.enabled() ? loss * scaler_.scale() : loss).backward();
     total += loss.item<double>();
   }
-  optimizer_.step();
+  const bool finite = scaler_.unscale_and_check(params_);
+  if (finite) optimizer_.step();
+  scaler_.update(finite);
   ++steps_done_;
   c_.vae->eval();
   return total;

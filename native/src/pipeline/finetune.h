@@ -11,6 +11,7 @@
 
 #include <torch/torch.h>
 
+#include "core/mixed_precision.h"
 #include "io/tensor_map.h"
 #include "pipeline/sd_pipeline.h"
 #include "pipeline/training_masks.h"
@@ -37,6 +38,9 @@ struct FinetuneOptions {
   int64_t gradient_accumulation = 1;  ///< micro-batches per optimizer step
   double learning_rate = 1e-4;        ///< Adam (section 5.1)
   uint64_t seed = 0;
+  /// Autocast precision of the forward passes (weights stay in the model dtype, which must then be F32): kBF16
+  /// on CPU or CUDA, kFP16 on CUDA only (with dynamic loss scaling). The paper trains in fp32 on an RTX 3090.
+  MixedPrecision mixed_precision = MixedPrecision::kNone;
   AugmentOptions augment;
   TrainingMaskOptions masks;
 };
@@ -61,11 +65,12 @@ class UNetFinetuner {
  public:
   UNetFinetuner(SdComponents& components, std::vector<CategoryShots> data, const FinetuneOptions& options);
 
-  /// One optimizer step (gradient_accumulation micro-batches); returns the mean loss of the step.
+  /// One optimizer step (gradient_accumulation micro-batches); returns the mean loss of the step. With fp16 a
+  /// step whose gradients overflow is skipped (weights unchanged, loss scale halved) but still counted.
   double step();
   int64_t steps_done() const { return steps_done_; }
 
-  /// Writes the optimizer state (Adam moments, libtorch's serialization) atomically to `path`. Together with
+  /// Writes the optimizer state (Adam moments, libtorch's serialization, plus the fp16 loss scale) atomically to `path`. Together with
   /// the weights and steps_done() it resumes training exactly: every step's randomness is derived from
   /// (seed, step index), not from a running generator.
   void save_optimizer(const std::string& path) const;
@@ -78,6 +83,7 @@ class UNetFinetuner {
   FinetuneOptions options_;
   std::vector<torch::Tensor> prompt_embeddings_;  // per category [P, 77, D], frozen
   torch::optim::Adam optimizer_;
+  LossScaler scaler_;
   int64_t steps_done_ = 0;
 };
 
@@ -104,6 +110,7 @@ class DecoderFinetuner {
   bool train_encoder_;
   std::vector<torch::Tensor> params_;
   torch::optim::Adam optimizer_;
+  LossScaler scaler_;
   int64_t steps_done_ = 0;
 };
 

@@ -269,14 +269,26 @@ public enum TrainerKind
     Autoencoder,
 }
 
+/// <summary>Training precision of the forward passes; weights stay fp32 (the model must be F32).</summary>
+public enum MixedPrecisionMode
+{
+    /// <summary>Everything in the model dtype (the paper's setting).</summary>
+    No,
+    /// <summary>Autocast to bfloat16 (CPU or CUDA); no loss scaling needed.</summary>
+    Bf16,
+    /// <summary>Autocast to float16 with dynamic loss scaling (CUDA only).</summary>
+    Fp16,
+}
+
 /// <summary>Fine-tuning options (section 5.1 defaults).</summary>
 public sealed record TrainerOptions(int BatchSize = 8, int GradientAccumulation = 1, double LearningRate = 1e-4, ulong Seed = 0, double Beta = 0.1,
-                                    double[]? IouThresholds = null)
+                                    double[]? IouThresholds = null, MixedPrecisionMode MixedPrecision = MixedPrecisionMode.No)
 {
     public string ToJson() => JsonSerializer.Serialize(new Dictionary<string, object>
     {
         ["batch_size"] = BatchSize, ["gradient_accumulation"] = GradientAccumulation, ["learning_rate"] = LearningRate,
         ["seed"] = Seed, ["beta"] = Beta, ["iou_thresholds"] = IouThresholds ?? [0.0, 0.2, 0.5],
+        ["mixed_precision"] = MixedPrecision.ToString().ToLowerInvariant(),
     });
 }
 

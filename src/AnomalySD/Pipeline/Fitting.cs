@@ -1,5 +1,6 @@
 using System.Text.Json;
 using System.Text.Json.Nodes;
+using System.Text.Json.Serialization;
 using AnomalySD.Data;
 using AnomalySD.Engine;
 using AnomalySD.Prompts;
@@ -16,11 +17,13 @@ namespace AnomalySD.Pipeline;
 /// <param name="UnetSteps">UNet fine-tuning steps (eq. 8).</param>
 /// <param name="DecoderSteps">Decoder fine-tuning steps (eq. 9-10; SD models).</param>
 /// <param name="AutoencoderSteps">Autoencoder steps from scratch (compact only).</param>
+/// <param name="MixedPrecision">Autocast precision of the training forward passes (Bf16: CPU or CUDA; Fp16: CUDA); weights stay F32.</param>
 public sealed record FitOptions(
     string Model = "compact", int Shots = 1, int? ShotSeed = null, int ImageSize = 0, int UnetSteps = 300, int DecoderSteps = 100,
     int AutoencoderSteps = 300, int BatchSize = 8, double LearningRate = 1e-4, ulong Seed = 0, string Device = "cpu",
     AsdDtypeName Dtype = AsdDtypeName.F32, DistanceKind Distance = DistanceKind.Resnet18Uniform, string? AlexNetPath = null,
-    string? LpipsPath = null, string? ResNet18Path = null, string? PromptsPath = null, string? ForegroundMasksDir = null)
+    string? LpipsPath = null, string? ResNet18Path = null, string? PromptsPath = null, string? ForegroundMasksDir = null,
+    MixedPrecisionMode MixedPrecision = MixedPrecisionMode.No)
 {
     public bool IsCompact => string.Equals(Model, "compact", StringComparison.OrdinalIgnoreCase);
     public int ResolvedImageSize => ImageSize > 0 ? ImageSize : IsCompact ? 64 : 512;
@@ -33,6 +36,9 @@ public enum AsdDtypeName { F32, F16, BF16 }
 public sealed record CheckpointMetadata(int ImageSize, string ModelSource, int Shots, string Distance, IReadOnlyList<CategoryPrompts> Categories,
                                         IReadOnlyDictionary<string, IReadOnlyList<string>> ShotPaths, string Tokenizer)
 {
+    /// <summary>The fit options the checkpoint was trained with (steps, batch size, learning rate, seed, precision...), as JSON; null if unknown.</summary>
+    public JsonObject? FitOptions { get; init; }
+
     public JsonObject ToJson() => new()
     {
         ["image_size"] = ImageSize,
@@ -40,6 +46,7 @@ public sealed record CheckpointMetadata(int ImageSize, string ModelSource, int S
         ["shots"] = Shots,
         ["distance"] = Distance,
         ["tokenizer"] = Tokenizer,
+        ["fit_options"] = FitOptions?.DeepClone(),
         ["categories"] = new JsonArray(Categories.Select(c => (JsonNode)new JsonObject
         {
             ["name"] = c.Category,
@@ -68,13 +75,22 @@ public sealed record CheckpointMetadata(int ImageSize, string ModelSource, int S
             shots[name] = c["shot_paths"]?.AsArray().Select(p => p!.GetValue<string>()).ToList() ?? [];
         }
         return new CheckpointMetadata(j["image_size"]!.GetValue<int>(), j["model_source"]?.GetValue<string>() ?? "", j["shots"]?.GetValue<int>() ?? 0,
-            j["distance"]?.GetValue<string>() ?? "resnet18_uniform", categories, shots, j["tokenizer"]?.GetValue<string>() ?? "hash");
+            j["distance"]?.GetValue<string>() ?? "resnet18_uniform", categories, shots, j["tokenizer"]?.GetValue<string>() ?? "hash")
+        {
+            FitOptions = j["fit_options"]?.DeepClone() as JsonObject,
+        };
     }
 }
 
 /// <summary>Fits one AnomalySD model for all categories (paper section 4.1) and prepares it for scoring.</summary>
 public static class Fitting
 {
+    private static readonly JsonSerializerOptions FitOptionsJson = new()
+    {
+        PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower,
+        Converters = { new JsonStringEnumConverter(JsonNamingPolicy.SnakeCaseLower) },
+    };
+
     /// <summary>The tokenizer of a model source: the folder's CLIP tokenizer, or the hash tokenizer of the compact preset.</summary>
     public static IPromptTokenizer TokenizerFor(string modelSource, string kind) =>
         kind == "clip" && Directory.Exists(Path.Combine(modelSource, "tokenizer"))
@@ -119,7 +135,7 @@ public static class Fitting
             ConfigureScoring(model, o.ResNet18Path, o.Distance, o.AlexNetPath, o.LpipsPath);
             if (o.Shots > 0)
             {
-                var options = new TrainerOptions(o.BatchSize, 1, o.LearningRate, o.Seed);
+                var options = new TrainerOptions(o.BatchSize, 1, o.LearningRate, o.Seed, MixedPrecision: o.MixedPrecision);
                 if (o.IsCompact)
                     Train(model, TrainerKind.Autoencoder, options with { LearningRate = Math.Max(o.LearningRate, 1e-3) }, o.AutoencoderSteps,
                           categories, shotImages, foregrounds, prompts, tokenizer, log, progress);
@@ -136,7 +152,10 @@ public static class Fitting
             foreach (var p in prompts) model.SetCategory(p.Category, tokenizer.EncodePadded(p.All), tokenizer.MaxLength);
             foreach (string category in categories) model.AddPrototypes(category, shotImages[category]);
             var metadata = new CheckpointMetadata(size, o.IsCompact ? "compact" : Path.GetFullPath(o.Model), o.Shots,
-                o.Distance == DistanceKind.LpipsAlex ? "lpips_alex" : "resnet18_uniform", prompts, shotPaths, tokenizerKind);
+                o.Distance == DistanceKind.LpipsAlex ? "lpips_alex" : "resnet18_uniform", prompts, shotPaths, tokenizerKind)
+            {
+                FitOptions = JsonSerializer.SerializeToNode(o, FitOptionsJson) as JsonObject,
+            };
             return (model, metadata);
         }
         catch
