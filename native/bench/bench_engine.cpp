@@ -19,13 +19,16 @@ void BM_CompactUNetStep(benchmark::State& state) {
   torch::NoGradGuard ng;
   auto& c = compact();
   const int64_t batch = state.range(0), latent = state.range(1);
+  const bool shared = state.range(2) == 1;  // one prompt embedding [1,77,64] for the whole batch, as in inpainting
   const auto x = torch::randn({batch, 9, latent, latent});
-  const auto ctx = torch::randn({batch, 77, 64});
+  const auto ctx = torch::randn({shared ? 1 : batch, 77, 64});
   const auto t = torch::tensor({500}, torch::kInt64);
   for (auto _ : state) benchmark::DoNotOptimize(c.unet->forward(x, t, ctx));
   state.counters["params"] = static_cast<double>(parameter_count(*c.unet));
 }
-BENCHMARK(BM_CompactUNetStep)->Args({1, 64})->Args({8, 64})->Args({1, 32})->Args({8, 32})->Args({1, 16})->Args({4, 16})->Args({16, 16})->Args({86, 16})->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_CompactUNetStep)->ArgNames({"batch", "latent", "shared_context"})
+    ->Args({1, 64, 0})->Args({8, 64, 0})->Args({1, 32, 0})->Args({8, 32, 0})->Args({8, 32, 1})
+    ->Args({1, 16, 0})->Args({4, 16, 0})->Args({16, 16, 0})->Args({16, 16, 1})->Args({32, 16, 1})->Args({86, 16, 1})->Unit(benchmark::kMillisecond);
 
 // The same UNet with channels-last weights and inputs (oneDNN's preferred layout on CPU).
 void BM_CompactUNetStepChannelsLast(benchmark::State& state) {

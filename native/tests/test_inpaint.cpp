@@ -116,6 +116,13 @@ TEST(Inpaint, BatchSizeFromMemoryIsClamped) {
   const int64_t b = choose_batch_size(f.c, 128, 128, 86);
   EXPECT_GE(b, 1);
   EXPECT_LE(b, 86);
+  if (!f.c.device.is_cuda()) {  // (the memory bound, available / 2 / ~7 MB per mask, is far above 32 here)
+    // CPU rule with the compact UNet (64 channels at the latent resolution, fp32): 2 MiB / (64 x 16 x 16 x 4 B) = 32
+    // masks at 64x64, 2 MiB / (64 x 32 x 32 x 4 B) = 8 at 128x128, and never more than there are masks.
+    EXPECT_EQ(choose_batch_size(f.c, 64, 64, 86), 32);
+    EXPECT_EQ(choose_batch_size(f.c, 128, 128, 86), 8);
+    EXPECT_EQ(choose_batch_size(f.c, 64, 64, 5), 5);
+  }
 }
 
 TEST(DiffusersFolder, SaveLoadRoundTripKeepsOutputs) {

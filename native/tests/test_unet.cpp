@@ -171,6 +171,25 @@ TEST(UnetForward, TimestepBroadcastAndTypes) {
   EXPECT_THROW(unet->forward(sample, torch::zeros({3}, torch::kInt64), ctx), asd::Error);
 }
 
+TEST(UnetForward, SharedContextEqualsExpandedContext) {
+  // The batched inpainting loop passes one prompt embedding [1,L,D] for all masks: cross-attention then
+  // projects keys/values once and folds the batch into the query rows. Same result as the expanded context.
+  torch::NoGradGuard no_grad;
+  const std::string c = "unet_sd2_inpaint_tiny";  // linear projections, per-block head counts
+  UNet2DConditionModel unet = load_golden_unet(c);
+  const asd::TensorMap io = asd::safetensors::load(golden(c, "io.safetensors"));
+  const torch::Tensor ctx1 = io.at("encoder_hidden_states").narrow(0, 0, 1);
+  const torch::Tensor sample = torch::randn({5, io.at("sample").size(1), io.at("sample").size(2), io.at("sample").size(3)});
+  const torch::Tensor t = torch::tensor(int64_t{321});
+  const torch::Tensor shared = unet->forward(sample, t, ctx1);
+  const torch::Tensor expanded = unet->forward(sample, t, ctx1.expand({5, -1, -1}).contiguous());
+  const double err = asd::test::max_abs_error(shared, expanded);
+  std::cout << "shared vs expanded context: max abs error " << err << " (max |out| " << expanded.abs().max().item<float>() << ")\n";
+  EXPECT_LE(err, 1e-5);
+  // A context batch that is neither 1 nor the sample's is an error.
+  EXPECT_THROW(unet->forward(sample, t, io.at("encoder_hidden_states").narrow(0, 0, 1).expand({3, -1, -1})), asd::Error);
+}
+
 TEST(UnetForward, SizeNotAMultipleOfEightUpsamplesToSkipSizes) {
   torch::NoGradGuard no_grad;
   const std::string c = "unet_sd1_inpaint_tiny";

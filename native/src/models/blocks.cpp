@@ -2,6 +2,8 @@
 
 #include <cmath>
 
+#include <torch/version.h>
+
 #include "core/error.h"
 
 namespace asd::models {
@@ -41,6 +43,14 @@ torch::Tensor ResnetBlock2DImpl::forward(const torch::Tensor& x, const torch::Te
 }
 
 // ---------------------------------------------------------------------------------------------------
+bool fused_attention_available() {
+#if TORCH_VERSION_MAJOR >= 2
+  return true;
+#else
+  return false;
+#endif
+}
+
 torch::Tensor scaled_dot_product_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, double scale,
                                            bool upcast_qk, bool upcast_softmax) {
   // torch::scaled_dot_product_attention exists only from libtorch 2.0; this is diffusers' AttnProcessor:
@@ -87,13 +97,23 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const torch::Tensor
   }
   const torch::Tensor& src = context.defined() ? context : h;
   const int64_t batch = h.size(0), lq = h.size(1), lk = src.size(1), heads = o_.heads, d = o_.dim_head;
-  // [B,L,H*D] -> [B*H,L,D]; reshape is a no-op view for a single head (the VAE).
-  auto split = [&](const torch::Tensor& t, int64_t len) { return t.view({batch, len, heads, d}).transpose(1, 2).reshape({batch * heads, len, d}); };
-  const torch::Tensor q = split(to_q_->forward(h), lq);
-  const torch::Tensor k = split(to_k_->forward(src), lk);
-  const torch::Tensor v = split(to_v_->forward(src), lk);
-  torch::Tensor out = scaled_dot_product_attention(q, k, v, scale_, o_.upcast_attention, o_.upcast_softmax || o_.upcast_attention);
-  out = out.view({batch, heads, lq, d}).transpose(1, 2).reshape({batch, lq, heads * d});
+  const bool shared = context.defined() && src.size(0) == 1 && batch > 1;  // see forward's contract
+  require(shared || src.size(0) == batch, "attention: context batch must be 1 or the query batch");
+  const int64_t n = shared ? 1 : batch, rows = shared ? batch * lq : lq;
+  // [N,L,H*D] -> [N,H,L,D] views; a shared context folds the batch into the query rows ([1, B*Lq, H*D]).
+  auto by_head = [&](const torch::Tensor& t, int64_t len) { return t.view({n, len, heads, d}).transpose(1, 2); };
+  const torch::Tensor q = by_head(to_q_->forward(h), rows);
+  const torch::Tensor k = by_head(to_k_->forward(src), lk);
+  const torch::Tensor v = by_head(to_v_->forward(src), lk);
+  torch::Tensor out;
+#if TORCH_VERSION_MAJOR >= 2
+  out = at::scaled_dot_product_attention(q, k, v);  // its default scale is 1/sqrt(D) = scale_
+#else
+  out = scaled_dot_product_attention(q.reshape({n * heads, rows, d}), k.reshape({n * heads, lk, d}), v.reshape({n * heads, lk, d}), scale_,
+                                     o_.upcast_attention, o_.upcast_softmax || o_.upcast_attention)
+            .view({n, heads, rows, d});
+#endif
+  out = out.transpose(1, 2).reshape({batch, lq, heads * d});
   out = to_out_0_->forward(out);
   if (spatial) out = out.transpose(1, 2).reshape({b, c, hh, ww});
   if (o_.residual_connection) out = out + x;

@@ -71,6 +71,9 @@ class AttentionImpl : public torch::nn::Module {
   explicit AttentionImpl(const AttentionOptions& o);
   /// x: [B,L,query_dim] or, for the VAE form, [B,C,H,W] (attends over the H*W positions and returns
   /// [B,C,H,W]). context: [B,Lc,cross_attention_dim] for cross-attention, undefined for self-attention.
+  /// A context of batch 1 with B > 1 is shared by the whole batch (one prompt for every mask of an image): its
+  /// keys and values are projected once, and each head attends with one [B*L, D] x [D, Lc] product instead of
+  /// B small ones; every query row sees the same keys, so the arithmetic per row is unchanged.
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& context = {});
 
  private:
@@ -80,6 +83,10 @@ class AttentionImpl : public torch::nn::Module {
   torch::nn::GroupNorm group_norm_{nullptr};
 };
 TORCH_MODULE(Attention);
+
+/// True when libtorch (>= 2.0) provides the fused at::scaled_dot_product_attention (FlashAttention and
+/// memory-efficient kernels on CUDA, a flash kernel on the CPU from 2.1); Attention then uses it.
+bool fused_attention_available();
 
 /// softmax(q k^T * scale) v for head-batched q [N,Lq,D], k [N,Lk,D], v [N,Lk,Dv] -> [N,Lq,Dv].
 /// `upcast`: scores and softmax in float32, probabilities cast back to v's dtype.

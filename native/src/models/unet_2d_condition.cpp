@@ -258,8 +258,8 @@ torch::Tensor UNet2DConditionModelImpl::forward(const torch::Tensor& sample, con
   require(sample.dim() == 4 && sample.size(1) == c.in_channels,
           "unet: sample must be [B," + std::to_string(c.in_channels) + ",H,W], got " + std::to_string(sample.dim()) + "-D");
   const int64_t batch = sample.size(0);
-  require(encoder_hidden_states.dim() == 3 && encoder_hidden_states.size(0) == batch,
-          "unet: encoder_hidden_states must be [B,L,D] with the batch of sample");
+  require(encoder_hidden_states.dim() == 3 && (encoder_hidden_states.size(0) == batch || encoder_hidden_states.size(0) == 1),
+          "unet: encoder_hidden_states must be [B,L,D] with the batch of sample, or [1,L,D] shared by the batch");
   require(timestep.defined() && (timestep.numel() == 1 || (timestep.dim() == 1 && timestep.size(0) == batch)),
           "unet: timestep must be a single value or [B]");
   const torch::Tensor t = timestep.reshape({-1}).to(sample.device()).expand({batch});

@@ -96,7 +96,8 @@ class UNet2DConditionModelImpl : public torch::nn::Module {
 
   /// Predicts the noise (or v) for `sample` [B,in_channels,H,W] at `timestep` ([B], [1] or a 0-d tensor,
   /// int64 or floating; one value is broadcast to the batch) given `encoder_hidden_states` [B,L,cross_dim]
-  /// (the text encoder output). Returns [B,out_channels,H,W] in the model dtype. H and W need not be
+  /// (the text encoder output), or [1,L,cross_dim] shared by the whole batch (its cross-attention keys and
+  /// values are then computed once; see AttentionImpl::forward). Returns [B,out_channels,H,W] in the model dtype. H and W need not be
   /// multiples of 2^(levels-1): the up path then upsamples to the skip sizes.
   torch::Tensor forward(const torch::Tensor& sample, const torch::Tensor& timestep, const torch::Tensor& encoder_hidden_states);
 

@@ -102,10 +102,13 @@ int64_t estimate_bytes_per_mask(const SdComponents& c, int64_t height, int64_t w
 int64_t choose_batch_size(const SdComponents& c, int64_t height, int64_t width, int64_t num_masks) {
   const int64_t per_mask = std::max<int64_t>(1, estimate_bytes_per_mask(c, height, width));
   int64_t batch = std::clamp<int64_t>(available_bytes(c.device) / 2 / per_mask, 1, std::max<int64_t>(1, num_masks));
-  // On the CPU, per-sample UNet throughput is flat from batch 1 to 8 and falls beyond (activations leave the
-  // caches): measured on the 2-core CI machine, compact preset at 128x128, 86 masks: batch 4 41 s, batch 16
-  // 51 s, batch 86 60 s per image. Large batches pay off on GPUs only.
-  if (!c.device.is_cuda()) batch = std::min<int64_t>(batch, kCpuMaxBatch);
+  if (!c.device.is_cuda()) {
+    // On the CPU, per-mask UNet throughput rises with the batch while the feature maps stay cache-resident and
+    // falls beyond (see kCpuBatchFeatureBytes); large batches pay off on GPUs only.
+    const int64_t map_bytes = c.unet->config().block_out_channels.front() * (height / c.vae_scale_factor()) *
+                              (width / c.vae_scale_factor()) * static_cast<int64_t>(c10::elementSize(c.dtype));
+    batch = std::min<int64_t>(batch, std::max<int64_t>(1, kCpuBatchFeatureBytes / std::max<int64_t>(1, map_bytes)));
+  }
   return batch;
 }
 
@@ -150,9 +153,9 @@ torch::Tensor inpaint(SdComponents& c, const torch::Tensor& image, const torch::
       torch::Tensor z_t = scheduler.add_noise(z.expand({b, -1, -1, -1}), mask_noise(c, o, done, b, h, w),
                                               torch::tensor({steps.front()}, torch::kInt64));
       torch::Tensor unet_input = kernels::mask_concat(z_t, masked_latents, m_small);
-      const torch::Tensor ctx = context.expand({b, -1, -1});
       for (int64_t t : steps) {
-        const torch::Tensor eps = c.unet->forward(unet_input, torch::tensor({t}, torch::kInt64), ctx);
+        // context [1, L, D] is shared by the batch: cross-attention keys/values once per step, not per mask.
+        const torch::Tensor eps = c.unet->forward(unet_input, torch::tensor({t}, torch::kInt64), context);
         z_t = scheduler.step(eps, t, z_t);
         kernels::mask_concat(z_t, masked_latents, m_small, unet_input, /*latents_only=*/true);
       }

@@ -38,12 +38,16 @@ struct InpaintOptions {
 /// estimate: the loop also halves the batch and retries if the device reports out-of-memory.
 int64_t estimate_bytes_per_mask(const SdComponents& c, int64_t height, int64_t width);
 
-/// Largest automatic batch on the CPU (see choose_batch_size).
-constexpr int64_t kCpuMaxBatch = 4;
+/// CPU batch rule (see choose_batch_size): the batch's largest UNet feature map (block_out_channels[0] x h x w
+/// per mask) stays within this many bytes, about a core's L2 cache. Measured on the 2-core CI machine (compact,
+/// 86 masks, ms per image): 64x64 (16x16 latents) batch 4 14,050, 16 11,792, 24 9,981, 32 9,088, 43 9,012,
+/// 64 10,299, 86 11,709; 128x128: batch 4 40,021, 8 44,719, 16 50,540, 86 60,438. This rule picks 32 and 8.
+constexpr int64_t kCpuBatchFeatureBytes = int64_t{2} << 20;
 
 /// The batch size used when InpaintOptions::batch_size is 0: half of the memory available on the device
 /// (CUDA: cudaMemGetInfo's free memory; CPU: MemAvailable of /proc/meminfo) divided by
-/// estimate_bytes_per_mask, clamped to [1, num_masks], and at most kCpuMaxBatch on the CPU.
+/// estimate_bytes_per_mask, clamped to [1, num_masks]; on the CPU also at most
+/// kCpuBatchFeatureBytes / (block_out_channels[0] x h x w x element size), at least 1.
 int64_t choose_batch_size(const SdComponents& c, int64_t height, int64_t width, int64_t num_masks);
 
 /// The prompt condition of a category (section 4.2, "Aggregation of Hierarchical Prompts"): the mean over
