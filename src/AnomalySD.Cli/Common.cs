@@ -1,4 +1,5 @@
 using System.Text.Json;
+using System.Text.RegularExpressions;
 using CommandLine;
 using Microsoft.Extensions.Logging;
 
@@ -83,6 +84,7 @@ public static class CliSupport
     /// <exception cref="InvalidDataException">the file is not a JSON object.</exception>
     public static string[] ExpandConfig(string[] args)
     {
+        ConfigFlags = null;
         int i = Array.IndexOf(args, "--config");
         if (i < 0 || i + 1 >= args.Length) return args;
         string path = args[i + 1];
@@ -93,10 +95,12 @@ public static class CliSupport
         catch (JsonException e) { throw new InvalidDataException($"{path}: not valid JSON ({e.Message})", e); }
         if (doc.RootElement.ValueKind != JsonValueKind.Object) throw new InvalidDataException($"{path}: options file must be a JSON object");
         var result = args.Where((_, k) => k != i && k != i + 1).ToList();
+        var fromFile = new HashSet<string>();
         foreach (var p in doc.RootElement.EnumerateObject())
         {
             string flag = "--" + p.Name.Replace('_', '-');
             if (result.Contains(flag)) continue;
+            fromFile.Add(flag);
             switch (p.Value.ValueKind)
             {
                 case JsonValueKind.True: result.Add(flag); break;
@@ -105,7 +109,29 @@ public static class CliSupport
                 default: result.Add(flag); result.Add(p.Value.ToString()); break;
             }
         }
+        ConfigFlags = (path, fromFile);
         return result.ToArray();
+    }
+
+    /// <summary>The options file of the last <see cref="ExpandConfig"/> and the flags it supplied (null: none).</summary>
+    public static (string Path, HashSet<string> Flags)? ConfigFlags { get; private set; }
+
+    /// <summary>
+    /// The options file that supplied <paramref name="flag"/> (with or without the leading dashes), if any: errors
+    /// about a value set in the file name the file, not just the flag.
+    /// </summary>
+    public static string? ConfigFileFor(string flag)
+    {
+        string f = flag.StartsWith("--", StringComparison.Ordinal) ? flag : "--" + flag;
+        return ConfigFlags is { } c && c.Flags.Contains(f) ? c.Path : null;
+    }
+
+    /// <summary>Appends "(set in options file F)" to a validation message whose flag came from the options file.</summary>
+    public static string WithConfigSource(string message)
+    {
+        if (ConfigFlags is not { } c) return message;
+        var flag = c.Flags.FirstOrDefault(f => Regex.IsMatch(message, Regex.Escape(f) + @"(?![\w-])"));
+        return flag is null ? message : $"{message} (set in options file {c.Path})";
     }
 
     public static IReadOnlyList<string> SplitList(string? list) =>

@@ -17,7 +17,7 @@ try
         (DetectOptions o) => Run(o, () => BenchDetectCommands.Detect(o, Console.Out)),
         (BenchOptions o) => Run(o, () => BenchDetectCommands.Bench(o, Console.Out)),
         (DemoOptions o) => Run(o, () => DemoCommand.Run(o)),
-        errors => errors.IsHelp() || errors.IsVersion() ? 0 : 1);
+        errors => errors.IsHelp() || errors.IsVersion() ? 0 : ReportConfigErrors(errors));
 }
 catch (Exception e) when (e is AsdException or DllNotFoundException or IOException or InvalidDataException or ImageLoadException
                               or KeyNotFoundException or ArgumentException or UnauthorizedAccessException or FormatException)
@@ -35,8 +35,20 @@ catch (Exception e)
 
 static int Run(EngineOptions o, Func<int> body)
 {
-    o.Validate(); // every flag is checked before any model is built or data is read
+    try { o.Validate(); } // every flag is checked before any model is built or data is read
+    catch (ArgumentException e) { throw new ArgumentException(CliSupport.WithConfigSource(e.Message), e); }
     if (o.Threads is int t) EngineInfo.SetNumThreads(t);
     EngineInfo.ManualSeed(o.Seed);
     return body();
+}
+
+// The parser has printed its usage text; a value that came from --config also gets a line naming the file.
+static int ReportConfigErrors(IEnumerable<Error> errors)
+{
+    foreach (var e in errors.OfType<NamedError>())
+    {
+        if (CliSupport.ConfigFileFor(e.NameInfo.LongName) is string file)
+            Console.Error.WriteLine($"anomalysd: error: {file}: the value of \"{e.NameInfo.LongName}\" is not valid for --{e.NameInfo.LongName}");
+    }
+    return 1;
 }

@@ -23,6 +23,26 @@ public sealed class CliAndReportTests
     }
 
     [Fact]
+    public void ABadValueFromTheOptionsFileNamesTheFile()
+    {
+        string path = Path.Combine(Path.GetTempPath(), $"opts-{Guid.NewGuid():N}.json");
+        File.WriteAllText(path, """{"shots": -1, "image_size": 64}""");
+        try
+        {
+            var args = CliSupport.ExpandConfig(["fit", "--config", path, "--lr", "-1"]);
+            string shots = CliSupport.WithConfigSource(Assert.Throws<ArgumentException>(() => new FitOptionsVerb { Shots = -1 }.Validate()).Message);
+            Assert.Equal($"--shots must be >= 0, got -1 (set in options file {path})", shots);
+            // --lr came from the command line, not the file: its message is unchanged.
+            Assert.Equal("--lr must be > 0, got -1", CliSupport.WithConfigSource("--lr must be > 0, got -1"));
+            Assert.Equal(path, CliSupport.ConfigFileFor("image-size"));
+            Assert.Null(CliSupport.ConfigFileFor("lr"));
+            // "--image-size" must not match a longer flag that merely starts with it.
+            Assert.Equal("--image-sizes bad", CliSupport.WithConfigSource("--image-sizes bad"));
+        }
+        finally { File.Delete(path); }
+    }
+
+    [Fact]
     public void FlagsAreValidatedBeforeAnyWork()
     {
         Assert.Equal([1, 2, 4, 8], EngineOptions.ParseScales("1,2,4,8"));
