@@ -16,16 +16,27 @@ if(ANOMALYSD_CUDA)
     endif()
   endif()
   enable_language(CUDA)
-  set(CMAKE_CUDA_STANDARD 17)
-  set(CMAKE_CUDA_STANDARD_REQUIRED ON)
 endif()
 
 find_package(Torch REQUIRED)
 set(CMAKE_CXX_FLAGS "${CMAKE_CXX_FLAGS} ${TORCH_CXX_FLAGS}")
 
-# C++17 everywhere (newer libtorch requires it; 1.13 accepts it).
-set(CMAKE_CXX_STANDARD 17)
+# The C++ standard follows the libtorch: its headers need C++17 from 2.1 and C++20 from 2.12 (they stop with
+# "#error C++20 or later compatible compiler is required to use ATen"); 1.13 accepts 17. Override with
+# -DANOMALYSD_CXX_STANDARD=17|20. The engine's own code compiles as either.
+if(NOT ANOMALYSD_CXX_STANDARD)
+  if(Torch_VERSION VERSION_GREATER_EQUAL 2.12)
+    set(ANOMALYSD_CXX_STANDARD 20)
+  else()
+    set(ANOMALYSD_CXX_STANDARD 17)
+  endif()
+endif()
+set(CMAKE_CXX_STANDARD ${ANOMALYSD_CXX_STANDARD})
 set(CMAKE_CXX_STANDARD_REQUIRED ON)
+if(ANOMALYSD_CUDA)
+  set(CMAKE_CUDA_STANDARD ${ANOMALYSD_CXX_STANDARD})
+  set(CMAKE_CUDA_STANDARD_REQUIRED ON)
+endif()
 set(CMAKE_CXX_EXTENSIONS OFF)
 set(CMAKE_POSITION_INDEPENDENT_CODE ON)
 
@@ -35,4 +46,4 @@ if(ANOMALYSD_CCACHE AND NOT CMAKE_CXX_COMPILER_LAUNCHER)
 endif()
 
 # Torch_VERSION is set by TorchConfigVersion.cmake; report it so build logs say which libtorch was used.
-message(STATUS "AnomalySD: libtorch ${Torch_VERSION} at ${Torch_DIR}; CUDA kernels: ${ANOMALYSD_CUDA}")
+message(STATUS "AnomalySD: libtorch ${Torch_VERSION} at ${Torch_DIR}; C++${ANOMALYSD_CXX_STANDARD}; CUDA kernels: ${ANOMALYSD_CUDA}")
