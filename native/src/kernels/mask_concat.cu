@@ -1,4 +1,6 @@
 // CUDA path of kernels/mask_concat.h: one launch writes all (or only the z_t) channels of the UNet input.
+#include <algorithm>
+
 #include <ATen/Dispatch.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
