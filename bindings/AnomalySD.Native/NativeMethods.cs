@@ -99,6 +99,8 @@ public static unsafe partial class NativeMethods
     [LibraryImport(Library, StringMarshalling = StringMarshalling.Utf8)]
     public static partial AsdStatus asd_model_inpaint(ModelHandle model, string category, float* image, long height, long width,
                                                       float* masks, long numMasks, in AsdInpaintOptions options, float* outImages);
+    [LibraryImport(Library)]
+    public static partial AsdStatus asd_model_auto_batch_size(ModelHandle model, long height, long width, long numMasks, out long batch);
     [LibraryImport(Library, StringMarshalling = StringMarshalling.Utf8)]
     public static partial AsdStatus asd_model_set_scoring(ModelHandle model, string optionsJson);
     [LibraryImport(Library, StringMarshalling = StringMarshalling.Utf8)]

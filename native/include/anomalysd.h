@@ -196,6 +196,10 @@ ASD_API asd_status asd_inpaint_options_default(asd_inpaint_options* out_options)
 ASD_API asd_status asd_model_inpaint(asd_model* model, const char* category, const float* image, int64_t height, int64_t width,
                                      const float* masks, int64_t num_masks, const asd_inpaint_options* options, float* out_images);
 
+/** The masks per UNet batch that asd_model_inpaint uses when options.batch_size is 0, for `num_masks` masks at
+ *  height x width on the model's device (CUDA: from free memory; CPU: also the L2-sized feature-map rule). */
+ASD_API asd_status asd_model_auto_batch_size(const asd_model* model, int64_t height, int64_t width, int64_t num_masks, int64_t* out_batch);
+
 /* ---------------------------------------------------------------- scoring: backbones, prototype banks, distances */
 
 /** Configures the backbones used for scoring. `options_json`: {"resnet18": "<path>" (torchvision-named

@@ -146,6 +146,9 @@ public static class BenchDetectCommands
                 double ms = watch.Elapsed.TotalMilliseconds / o.Images;
                 rows.Add((mode, ms, TryPeak(o.Device) / 1048576.0));
             }
+            if (rows.Any(r => r.Mode == "batched"))
+                output.WriteLine($"batched: {(o.InpaintBatch > 0 ? o.InpaintBatch : model.AutoBatchSize(size, size, masks.Count))} masks per UNet batch" +
+                                 (o.InpaintBatch > 0 ? " (--inpaint-batch)" : " (automatic)"));
             output.WriteLine("| mode | ms per image | peak MB |");
             output.WriteLine("|---|---|---|");
             foreach (var r in rows) output.WriteLine(string.Create(CultureInfo.InvariantCulture, $"| {r.Mode} | {r.Ms:F0} | {(r.PeakMb > 0 ? r.PeakMb.ToString("F0", CultureInfo.InvariantCulture) : "n/a")} |"));

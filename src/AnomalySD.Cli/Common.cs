@@ -95,12 +95,12 @@ public static class CliSupport
         catch (JsonException e) { throw new InvalidDataException($"{path}: not valid JSON ({e.Message})", e); }
         if (doc.RootElement.ValueKind != JsonValueKind.Object) throw new InvalidDataException($"{path}: options file must be a JSON object");
         var result = args.Where((_, k) => k != i && k != i + 1).ToList();
-        var fromFile = new HashSet<string>();
+        var fromFile = new Dictionary<string, string>(); // flag -> the key as written in the file
         foreach (var p in doc.RootElement.EnumerateObject())
         {
             string flag = "--" + p.Name.Replace('_', '-');
             if (result.Contains(flag)) continue;
-            fromFile.Add(flag);
+            fromFile[flag] = p.Name;
             switch (p.Value.ValueKind)
             {
                 case JsonValueKind.True: result.Add(flag); break;
@@ -114,7 +114,7 @@ public static class CliSupport
     }
 
     /// <summary>The options file of the last <see cref="ExpandConfig"/> and the flags it supplied (null: none).</summary>
-    public static (string Path, HashSet<string> Flags)? ConfigFlags { get; private set; }
+    public static (string Path, Dictionary<string, string> Flags)? ConfigFlags { get; private set; }
 
     /// <summary>
     /// The options file that supplied <paramref name="flag"/> (with or without the leading dashes), if any: errors
@@ -123,14 +123,21 @@ public static class CliSupport
     public static string? ConfigFileFor(string flag)
     {
         string f = flag.StartsWith("--", StringComparison.Ordinal) ? flag : "--" + flag;
-        return ConfigFlags is { } c && c.Flags.Contains(f) ? c.Path : null;
+        return ConfigFlags is { } c && c.Flags.ContainsKey(f) ? c.Path : null;
+    }
+
+    /// <summary>The key as written in the options file for <paramref name="flag"/> (e.g. "unet_steps"), or the flag's name.</summary>
+    public static string ConfigKeyFor(string flag)
+    {
+        string f = flag.StartsWith("--", StringComparison.Ordinal) ? flag : "--" + flag;
+        return ConfigFlags is { } c && c.Flags.TryGetValue(f, out string? key) ? key : flag.TrimStart('-');
     }
 
     /// <summary>Appends "(set in options file F)" to a validation message whose flag came from the options file.</summary>
     public static string WithConfigSource(string message)
     {
         if (ConfigFlags is not { } c) return message;
-        var flag = c.Flags.FirstOrDefault(f => Regex.IsMatch(message, Regex.Escape(f) + @"(?![\w-])"));
+        var flag = c.Flags.Keys.FirstOrDefault(f => Regex.IsMatch(message, Regex.Escape(f) + @"(?![\w-])"));
         return flag is null ? message : $"{message} (set in options file {c.Path})";
     }
 

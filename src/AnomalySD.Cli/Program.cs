@@ -3,21 +3,23 @@ using AnomalySD.Data;
 using AnomalySD.Engine;
 using AnomalySD.Native;
 using CommandLine;
+using CommandLine.Text;
 
 // Entry point of `anomalysd`. Each verb is an options class + a handler. A failure is reported as one line naming
 // the problem (no stack trace): exit 2 for engine, data and I/O errors; bad usage exits 1.
 try
 {
     args = CliSupport.ExpandConfig(args);
-    var parser = new Parser(s => { s.HelpWriter = Console.Error; s.CaseInsensitiveEnumValues = true; });
-    return parser.ParseArguments<InfoOptions, FitOptionsVerb, EvalOptionsVerb, DetectOptions, BenchOptions, DemoOptions>(args).MapResult(
+    var parser = new Parser(s => { s.HelpWriter = null; s.CaseInsensitiveEnumValues = true; });
+    var parsed = parser.ParseArguments<InfoOptions, FitOptionsVerb, EvalOptionsVerb, DetectOptions, BenchOptions, DemoOptions>(args);
+    return parsed.MapResult(
         (InfoOptions o) => InfoCommand.Run(o, Console.Out),
         (FitOptionsVerb o) => Run(o, () => FitEvalCommands.Fit(o)),
         (EvalOptionsVerb o) => Run(o, () => FitEvalCommands.Eval(o)),
         (DetectOptions o) => Run(o, () => BenchDetectCommands.Detect(o, Console.Out)),
         (BenchOptions o) => Run(o, () => BenchDetectCommands.Bench(o, Console.Out)),
         (DemoOptions o) => Run(o, () => DemoCommand.Run(o)),
-        errors => errors.IsHelp() || errors.IsVersion() ? 0 : ReportConfigErrors(errors));
+        errors => ReportParseErrors(parsed, errors.ToList()));
 }
 catch (Exception e) when (e is AsdException or DllNotFoundException or IOException or InvalidDataException or ImageLoadException
                               or KeyNotFoundException or ArgumentException or UnauthorizedAccessException or FormatException)
@@ -42,13 +44,34 @@ static int Run(EngineOptions o, Func<int> body)
     return body();
 }
 
-// The parser has printed its usage text; a value that came from --config also gets a line naming the file.
-static int ReportConfigErrors(IEnumerable<Error> errors)
+// --help / --version: the text on stdout, exit 0. A malformed value or an unknown key that came from the --config
+// file: one line naming the file and the key (exit 1). Any other parse error: the usage text on stderr (exit 1).
+static int ReportParseErrors(ParserResult<object> parsed, List<Error> errors)
 {
-    foreach (var e in errors.OfType<NamedError>())
+    if (errors.IsVersion())
     {
-        if (CliSupport.ConfigFileFor(e.NameInfo.LongName) is string file)
-            Console.Error.WriteLine($"anomalysd: error: {file}: the value of \"{e.NameInfo.LongName}\" is not valid for --{e.NameInfo.LongName}");
+        Console.Out.WriteLine(HeadingInfo.Default);
+        return 0;
     }
+    bool noVerb = parsed.TypeInfo.Current == typeof(NullInstance); // list the verbs, not one verb's flags
+    if (errors.IsHelp())
+    {
+        Console.Out.WriteLine(HelpText.AutoBuild(parsed, h => h, e => e, verbsIndex: noVerb));
+        return 0;
+    }
+    var fromConfig = errors.Select(e => e switch
+    {
+        NamedError n when CliSupport.ConfigFileFor(n.NameInfo.LongName) is string file =>
+            $"{file}: the value of \"{CliSupport.ConfigKeyFor(n.NameInfo.LongName)}\" is not valid for --{n.NameInfo.LongName}",
+        UnknownOptionError u when CliSupport.ConfigFileFor(u.Token) is string file =>
+            $"{file}: unknown key \"{CliSupport.ConfigKeyFor(u.Token)}\" (keys are the long flag names of this command, e.g. \"unet-steps\" or \"unet_steps\")",
+        _ => null,
+    }).OfType<string>().ToList();
+    if (fromConfig.Count > 0)
+    {
+        foreach (string message in fromConfig) Console.Error.WriteLine($"anomalysd: error: {message}");
+        return 1;
+    }
+    Console.Error.WriteLine(HelpText.AutoBuild(parsed, h => HelpText.DefaultParsingErrorsHandler(parsed, h), e => e, verbsIndex: noVerb));
     return 1;
 }

@@ -43,6 +43,48 @@ public sealed class CliAndReportTests
     }
 
     [Fact]
+    public void MalformedOrUnknownOptionsFileKeysAreOneLineErrorsNamingTheFile()
+    {
+        string path = Path.Combine(Path.GetTempPath(), $"opts-{Guid.NewGuid():N}.json");
+        try
+        {
+            File.WriteAllText(path, """{"unet_steps": "many"}""");
+            var (rc, stdout, stderr) = RunCli(["fit", "--config", path, "--out", Path.Combine(Path.GetTempPath(), "never-written")]);
+            Assert.Equal(1, rc);
+            Assert.Contains($"anomalysd: error: {path}: the value of \"unet_steps\" is not valid for --unet-steps", stderr);
+            Assert.DoesNotContain("ERROR(S)", stderr); // no usage dump for a value that came from the file
+            File.WriteAllText(path, """{"bogus_key": 1}""");
+            (rc, _, stderr) = RunCli(["fit", "--config", path, "--out", "x"]);
+            Assert.Equal(1, rc);
+            Assert.Contains($"{path}: unknown key \"bogus_key\"", stderr);
+            (rc, stdout, _) = RunCli(["--help"]);
+            Assert.Equal(0, rc);
+            Assert.Contains("fit", stdout); // the verb list
+            Assert.Contains("bench", stdout);
+        }
+        finally { File.Delete(path); }
+    }
+
+    /// <summary>Runs the CLI's entry point in-process with captured console streams.</summary>
+    private static (int Rc, string Stdout, string Stderr) RunCli(string[] args)
+    {
+        var (oldOut, oldErr) = (Console.Out, Console.Error);
+        var (stdout, stderr) = (new StringWriter(), new StringWriter());
+        Console.SetOut(stdout);
+        Console.SetError(stderr);
+        try
+        {
+            object? rc = typeof(BenchOptions).Assembly.EntryPoint!.Invoke(null, [args]);
+            return ((int)rc!, stdout.ToString(), stderr.ToString());
+        }
+        finally
+        {
+            Console.SetOut(oldOut);
+            Console.SetError(oldErr);
+        }
+    }
+
+    [Fact]
     public void FlagsAreValidatedBeforeAnyWork()
     {
         Assert.Equal([1, 2, 4, 8], EngineOptions.ParseScales("1,2,4,8"));

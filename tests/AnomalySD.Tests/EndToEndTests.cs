@@ -111,6 +111,11 @@ public sealed class EndToEndTests(ITestOutputHelper output) : IDisposable
             ModelTrainer.Create(model, TrainerKind.Unet, new TrainerOptions(MixedPrecision: MixedPrecisionMode.Fp16)));
         Assert.Contains("fp16 needs a CUDA device", e.Message);
         using var bf16 = ModelTrainer.Create(model, TrainerKind.Unet, new TrainerOptions(MixedPrecision: MixedPrecisionMode.Bf16));
+        // The automatic CPU batch: 2 MiB / (64 channels x 16 x 16 latents x 4 B) = 32 masks at 64x64, 8 at 128x128.
+        Assert.Equal(32, model.AutoBatchSize(64, 64, 86));
+        Assert.Equal(8, model.AutoBatchSize(128, 128, 86));
+        Assert.Equal(3, model.AutoBatchSize(64, 64, 3));
+        Assert.ThrowsAny<AnomalySD.Native.AsdException>(() => model.AutoBatchSize(64, 64, 0));
     }
 
     [Fact]

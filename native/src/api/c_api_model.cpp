@@ -206,6 +206,14 @@ ASD_API asd_status asd_inpaint_options_default(asd_inpaint_options* out_options)
   });
 }
 
+ASD_API asd_status asd_model_auto_batch_size(const asd_model* model, int64_t height, int64_t width, int64_t num_masks, int64_t* out_batch) {
+  return ASD_GUARD({
+    not_null(model, "model");
+    asd::require(height > 0 && width > 0 && num_masks >= 1, "height, width and num_masks must be >= 1");
+    *not_null(out_batch, "out_batch") = pl::choose_batch_size(model->components, height, width, num_masks);
+  });
+}
+
 ASD_API asd_status asd_model_inpaint(asd_model* model, const char* category, const float* image, int64_t height, int64_t width,
                                      const float* masks, int64_t num_masks, const asd_inpaint_options* options, float* out_images) {
   return ASD_GUARD({

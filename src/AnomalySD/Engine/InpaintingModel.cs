@@ -86,6 +86,13 @@ public sealed class InpaintingModel : IDisposable
             AsdException.Check(NativeMethods.asd_model_set_category(Handle, category, ids, tokenIds.Length / length, length));
     }
 
+    /// <summary>The masks per UNet batch <see cref="Inpaint"/> uses with <c>BatchSize = 0</c> for <paramref name="masks"/> masks at height x width.</summary>
+    public int AutoBatchSize(int height, int width, int masks)
+    {
+        AsdException.Check(NativeMethods.asd_model_auto_batch_size(Handle, height, width, masks, out long batch));
+        return (int)batch;
+    }
+
     /// <summary>
     /// Inpaints <paramref name="image"/> (RGB in [0, 1]) under every mask, in one native call. Returns the inpaintings as
     /// RGB images in [0, 1], one per mask, in mask order.
