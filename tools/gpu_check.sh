@@ -36,6 +36,8 @@ run() {
   local out="${OUT:-$ROOT/build/gpu-out}" build="$ROOT/build/gpu"
   mkdir -p "$out"
   nvidia-smi >"$out/nvidia-smi.txt" 2>&1 || true
+  if ! command -v nvcc >/dev/null && [[ -x /usr/local/cuda/bin/nvcc ]]; then export PATH="/usr/local/cuda/bin:$PATH"; fi
+  command -v nvcc >/dev/null || { echo "gpu_check: nvcc not found (PATH or /usr/local/cuda/bin)" | tee "$out/build.log" >&2; exit 2; }
   local torch_prefix
   torch_prefix="$(python3 -c 'import torch; print(torch.utils.cmake_prefix_path)')"
   python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, torch.cuda.get_device_name(0))' | tee "$out/build.log"
