@@ -5,7 +5,7 @@
 #
 #   tools/gpu_check.sh prepare   on a machine with the Debian packages (the dev box): stages what the GPU machine
 #                                lacks in .gpu/ (git-ignored): nlohmann-json and Google Benchmark from /usr, the
-#                                GoogleTest sources from /usr/src/googletest, and ../shared/golden (the reference
+#                                GoogleTest sources from /usr/src/googletest, and ../shared/golden + weights (the reference
 #                                vectors the tests read). Nothing of it is committed.
 #   tools/gpu_check.sh run       on the GPU machine, from the repository root, with .gpu/ carried along. Writes
 #                                nvidia-smi.txt, build.log, ctest.log and bench.log to $OUT (default build/gpu-out).
@@ -27,7 +27,7 @@ prepare() {
   cp -P /usr/lib/x86_64-linux-gnu/libbenchmark.so* /usr/lib/x86_64-linux-gnu/libbenchmark_main.a "$lib/"
   cp -r /usr/lib/x86_64-linux-gnu/cmake/benchmark "$lib/cmake/"
   cp -r /usr/src/googletest "$STAGE/src/googletest"
-  cp -r "$ROOT/../shared/golden" "$STAGE/shared/golden"
+  cp -r "$ROOT/../shared/golden" "$ROOT/../shared/weights" "$STAGE/shared/"
   du -sh "$STAGE"
 }
 
@@ -48,7 +48,7 @@ run() {
     -DANOMALYSD_GTEST_SOURCE_DIR="$STAGE/src/googletest" 2>&1 | tee -a "$out/build.log"
   cmake --build "$build" -j "${JOBS:-$(nproc)}" 2>&1 | tee -a "$out/build.log"
   export LD_LIBRARY_PATH="$STAGE/deps/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}"
-  # The tests read ../shared; here the staged golden vectors stand in (data-based tests skip or fail without data/).
+  # The native tests read ../shared/golden and ../shared/weights; the staged copies stand in.
   export ANOMALYSD_SHARED_DIR="$STAGE/shared"
   (cd "$build" && ctest -j 4 --output-on-failure --timeout 600 2>&1) | tee "$out/ctest.log" || true
   "$build/native/bench/anomalysd_bench" --benchmark_filter="${BENCH_FILTER:-Cuda}" 2>&1 | tee "$out/bench.log" || true
