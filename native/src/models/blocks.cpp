@@ -43,23 +43,15 @@ torch::Tensor ResnetBlock2DImpl::forward(const torch::Tensor& x, const torch::Te
 }
 
 // ---------------------------------------------------------------------------------------------------
-bool fused_attention_available() {
-#if TORCH_VERSION_MAJOR >= 2
-  return true;
-#else
-  return false;
-#endif
-}
-
 torch::Tensor scaled_dot_product_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, double scale,
                                            bool upcast_qk, bool upcast_softmax) {
-  // torch::scaled_dot_product_attention exists only from libtorch 2.0; this is diffusers' AttnProcessor:
-  // baddbmm with beta 0 on an uninitialised buffer (never read) writes scale * q k^T in one pass.
+  // torch::scaled_dot_product_attention exists only from libtorch 2.0; this is diffusers' AttnProcessor math.
+  // Not its baddbmm(beta = 0) on an uninitialised buffer: libtorch 1.13's CPU baddbmm reads that buffer for small
+  // matrices (NaN * 0 = NaN from leftover memory), so scores come from bmm, scaled in place.
   const bool up = upcast_qk && q.scalar_type() != torch::kFloat32;
   const torch::Tensor qq = up ? q.to(torch::kFloat32) : q;
   const torch::Tensor kk = up ? k.to(torch::kFloat32) : k;
-  torch::Tensor scores = torch::empty({q.size(0), q.size(1), k.size(1)}, qq.options());
-  scores.baddbmm_(qq, kk.transpose(1, 2), /*beta=*/0, /*alpha=*/scale);
+  torch::Tensor scores = torch::bmm(qq, kk.transpose(1, 2)).mul_(scale);
   torch::Tensor probs;
   if (upcast_softmax && scores.scalar_type() != torch::kFloat32) {
     probs = torch::softmax(scores, -1, torch::kFloat32);
