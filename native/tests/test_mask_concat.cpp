@@ -66,3 +66,22 @@ TEST(MaskConcat, CudaMatchesCpu) {
     EXPECT_TRUE(torch::equal(gpu.cpu(), cpu)) << dtype;
   }
 }
+
+TEST(Require, LazyMessageIsFormattedOnlyOnFailure) {
+  int formatted = 0;
+  auto message = [&] {
+    ++formatted;
+    return std::string("shape ") + std::to_string(7);
+  };
+  asd::require(true, message);
+  EXPECT_EQ(formatted, 0) << "a passing check must not build its message";
+  try {
+    asd::require(false, message);
+    FAIL() << "require(false, ...) must throw";
+  } catch (const asd::Error& e) {
+    EXPECT_EQ(formatted, 1);
+    EXPECT_EQ(e.status(), ASD_ERR_INVALID_ARGUMENT);
+    EXPECT_STREQ(e.what(), "shape 7");
+  }
+  EXPECT_THROW(asd::require(false, "literal"), asd::Error);
+}

@@ -120,18 +120,13 @@ public static class CliSupport
     /// The options file that supplied <paramref name="flag"/> (with or without the leading dashes), if any: errors
     /// about a value set in the file name the file, not just the flag.
     /// </summary>
-    public static string? ConfigFileFor(string flag)
-    {
-        string f = flag.StartsWith("--", StringComparison.Ordinal) ? flag : "--" + flag;
-        return ConfigFlags is { } c && c.Flags.ContainsKey(f) ? c.Path : null;
-    }
+    public static string? ConfigFileFor(string flag) => ConfigFlags is { } c && c.Flags.ContainsKey(AsFlag(flag)) ? c.Path : null;
 
     /// <summary>The key as written in the options file for <paramref name="flag"/> (e.g. "unet_steps"), or the flag's name.</summary>
-    public static string ConfigKeyFor(string flag)
-    {
-        string f = flag.StartsWith("--", StringComparison.Ordinal) ? flag : "--" + flag;
-        return ConfigFlags is { } c && c.Flags.TryGetValue(f, out string? key) ? key : flag.TrimStart('-');
-    }
+    public static string ConfigKeyFor(string flag) =>
+        ConfigFlags is { } c && c.Flags.TryGetValue(AsFlag(flag), out string? key) ? key : flag.TrimStart('-');
+
+    private static string AsFlag(string name) => name.StartsWith("--", StringComparison.Ordinal) ? name : "--" + name;
 
     /// <summary>Appends "(set in options file F)" to a validation message whose flag came from the options file.</summary>
     public static string WithConfigSource(string message)

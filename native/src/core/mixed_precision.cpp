@@ -85,6 +85,20 @@ AutocastGuard::~AutocastGuard() {
   set_autocast(cuda_, previous_enabled_, previous_dtype_);
 }
 
+void LossScaler::backward(const torch::Tensor& loss) const { (enabled_ ? loss * scale_ : loss).backward(); }
+
+bool LossScaler::step(torch::optim::Optimizer& optimizer) {
+  bool finite = true;
+  if (enabled_) {
+    std::vector<torch::Tensor> parameters;
+    for (const auto& group : optimizer.param_groups()) parameters.insert(parameters.end(), group.params().begin(), group.params().end());
+    finite = unscale_and_check(parameters);
+  }
+  if (finite) optimizer.step();
+  update(finite);
+  return finite;
+}
+
 bool LossScaler::unscale_and_check(const std::vector<torch::Tensor>& parameters) const {
   if (!enabled_) return true;
   torch::NoGradGuard no_grad;

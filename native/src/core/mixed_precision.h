@@ -57,6 +57,12 @@ class LossScaler {
     growth_tracker_ = growth_tracker;
   }
 
+  /// loss.backward() on the scaled loss (loss x scale() when enabled). Call outside the autocast scope.
+  void backward(const torch::Tensor& loss) const;
+  /// Unscales the gradients of `optimizer`'s parameters, steps it if they are all finite (skips otherwise) and
+  /// updates the scale; returns whether it stepped. Without scaling: a plain optimizer.step().
+  bool step(torch::optim::Optimizer& optimizer);
+
   /// Divides every defined gradient by scale(); true if all of them are finite afterwards.
   bool unscale_and_check(const std::vector<torch::Tensor>& parameters) const;
   /// The scale update after a step: `finite` = unscale_and_check's answer.

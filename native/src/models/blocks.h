@@ -84,10 +84,6 @@ class AttentionImpl : public torch::nn::Module {
 };
 TORCH_MODULE(Attention);
 
-/// True when libtorch (>= 2.0) provides the fused at::scaled_dot_product_attention (FlashAttention and
-/// memory-efficient kernels on CUDA, a flash kernel on the CPU from 2.1); Attention then uses it.
-bool fused_attention_available();
-
 /// softmax(q k^T * scale) v for head-batched q [N,Lq,D], k [N,Lk,D], v [N,Lk,Dv] -> [N,Lq,Dv].
 /// `upcast`: scores and softmax in float32, probabilities cast back to v's dtype.
 torch::Tensor scaled_dot_product_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, double scale,

@@ -255,8 +255,8 @@ UNet2DConditionModelImpl::UNet2DConditionModelImpl(const UNet2DConditionConfig& 
 
 torch::Tensor UNet2DConditionModelImpl::forward(const torch::Tensor& sample, const torch::Tensor& timestep, const torch::Tensor& encoder_hidden_states) {
   const auto& c = config_;
-  require(sample.dim() == 4 && sample.size(1) == c.in_channels,
-          "unet: sample must be [B," + std::to_string(c.in_channels) + ",H,W], got " + std::to_string(sample.dim()) + "-D");
+  require(sample.dim() == 4 && sample.size(1) == c.in_channels,  // per denoising step: format only on failure
+          [&] { return "unet: sample must be [B," + std::to_string(c.in_channels) + ",H,W], got " + std::to_string(sample.dim()) + "-D"; });
   const int64_t batch = sample.size(0);
   require(encoder_hidden_states.dim() == 3 && (encoder_hidden_states.size(0) == batch || encoder_hidden_states.size(0) == 1),
           "unet: encoder_hidden_states must be [B,L,D] with the batch of sample, or [1,L,D] shared by the batch");

@@ -184,12 +184,10 @@ double UNetFinetuner::step() {
           c_.scheduler.schedule.prediction_type == schedulers::PredictionType::kVPrediction ? schedule.get_velocity(z, noise, t) : noise;
       loss = F::mse_loss(pred.to(torch::kFloat32), target.to(torch::kFloat32)) / options_.gradient_accumulation;
     }
-    (scaler_.enabled() ? loss * scaler_.scale() : loss).backward();  // backward outside autocast, as libtorch asks
+    scaler_.backward(loss);  // outside autocast, as libtorch asks
     total += loss.item<double>();
   }
-  const bool finite = scaler_.unscale_and_check(optimizer_.param_groups()[0].params());
-  if (finite) optimizer_.step();
-  scaler_.update(finite);
+  scaler_.step(optimizer_);
   ++steps_done_;
   c_.unet->eval();
   return total;
@@ -264,12 +262,10 @@ double DecoderFinetuner::step() {
       if (beta_ > 0 && perceptual_) loss = loss + beta_ * perceptual_(b.images, recon).to(torch::kFloat32).mean();
       loss = (loss + 1e-6 * kl) / options_.gradient_accumulation;
     }
-    (scaler_.enabled() ? loss * scaler_.scale() : loss).backward();
+    scaler_.backward(loss);
     total += loss.item<double>();
   }
-  const bool finite = scaler_.unscale_and_check(params_);
-  if (finite) optimizer_.step();
-  scaler_.update(finite);
+  scaler_.step(optimizer_);
   ++steps_done_;
   c_.vae->eval();
   return total;

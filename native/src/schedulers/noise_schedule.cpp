@@ -46,8 +46,8 @@ NoiseSchedule::NoiseSchedule(const NoiseScheduleConfig& config) : config_(config
 }
 
 double NoiseSchedule::alpha_cumprod(int64_t t) const {
-  require(t >= 0 && t < config_.num_train_timesteps,
-          "timestep " + std::to_string(t) + " is outside [0, " + std::to_string(config_.num_train_timesteps) + ")");
+  require(t >= 0 && t < config_.num_train_timesteps,  // per scheduler step: format only on failure
+          [&] { return "timestep " + std::to_string(t) + " is outside [0, " + std::to_string(config_.num_train_timesteps) + ")"; });
   return static_cast<double>(alphas_cumprod_.data_ptr<float>()[t]);
 }
 
@@ -92,9 +92,9 @@ torch::Tensor NoiseSchedule::gather_alphas(const torch::Tensor& timesteps, const
   require(!timesteps.is_floating_point() && !timesteps.is_complex() && timesteps.scalar_type() != torch::kBool, "scheduler: timesteps must be an integer tensor");
   torch::Tensor t = timesteps.to(torch::kCPU, torch::kInt64).flatten();
   require(t.numel() == 1 || t.numel() == like.size(0),
-          "scheduler: " + std::to_string(t.numel()) + " timesteps for a batch of " + std::to_string(like.size(0)));
+          [&] { return "scheduler: " + std::to_string(t.numel()) + " timesteps for a batch of " + std::to_string(like.size(0)); });
   const int64_t T = config_.num_train_timesteps;
-  require(t.min().item<int64_t>() >= 0 && t.max().item<int64_t>() < T, "scheduler: timesteps must lie in [0, " + std::to_string(T) + ")");
+  require(t.min().item<int64_t>() >= 0 && t.max().item<int64_t>() < T, [&] { return "scheduler: timesteps must lie in [0, " + std::to_string(T) + ")"; });
   std::vector<int64_t> shape(static_cast<size_t>(like.dim()), 1);
   shape[0] = t.numel();
   return alphas_cumprod_.index_select(0, t).to(like.device(), like.scalar_type()).reshape(shape);
