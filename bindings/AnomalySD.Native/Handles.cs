@@ -57,7 +57,8 @@ public sealed class ModelHandle : AsdHandle
     protected override AsdStatus Free(IntPtr pointer) => NativeMethods.asd_model_free(pointer);
 }
 
-/// <summary>Handle of an <c>asd_trainer</c> (fine-tuning of a model; must not outlive it).</summary>
+/// <summary>Handle of an <c>asd_trainer</c> (fine-tuning of a model). The native trainer holds a reference to its model, so
+/// the model's handle may be disposed first.</summary>
 public sealed class TrainerHandle : AsdHandle
 {
     protected override AsdStatus Free(IntPtr pointer) => NativeMethods.asd_trainer_free(pointer);

@@ -41,6 +41,44 @@ public struct AsdInpaintOptions
     public long BatchSize;
     public ulong Seed;
     public int Naive;
+    /// <summary>Context margin per side as a fraction of the mask's bounding-box side; &lt; 0 = full image (the paper's).</summary>
+    public double WindowContext;
+    /// <summary>Side the model inpaints at; 0 = the image's size (full context only).</summary>
+    public long InpaintSize;
+}
+
+/// <summary><c>asd_scoring_options</c>: same layout as the C struct (strings as NUL-terminated UTF-8 pointers, read during the call).</summary>
+[StructLayout(LayoutKind.Sequential)]
+public unsafe struct AsdScoringOptions
+{
+    public byte* ResNet18;
+    public int Distance;
+    public byte* AlexNet;
+    public byte* Lpips;
+    public long* Rotations;
+    public long NumRotations;
+    public long FeatureAggregation;
+}
+
+/// <summary><c>asd_trainer_options</c>: same layout as the C struct.</summary>
+[StructLayout(LayoutKind.Sequential)]
+public unsafe struct AsdTrainerOptions
+{
+    public long BatchSize;
+    public long GradientAccumulation;
+    public double LearningRate;
+    public ulong Seed;
+    public double Beta;
+    public int MixedPrecision;
+    public double* IouThresholds;
+    public long NumIouThresholds;
+    public double AugmentBrightness;
+    public double AugmentContrast;
+    public double AugmentScaleMin;
+    public double AugmentScaleMax;
+    public double AugmentRotationDegrees;
+    public double WindowContext;
+    public long InpaintSize;
 }
 
 /// <summary>
@@ -63,6 +101,8 @@ public static unsafe partial class NativeMethods
     [LibraryImport(Library)] public static partial AsdStatus asd_get_num_threads(out int threads);
     [LibraryImport(Library)] public static partial AsdStatus asd_set_num_threads(int threads);
     [LibraryImport(Library)] public static partial AsdStatus asd_manual_seed(ulong seed);
+    [LibraryImport(Library, StringMarshalling = StringMarshalling.Utf8)]
+    public static partial AsdStatus asd_gemm_peak_gflops(string device, AsdDtype dtype, long n, out double gflops);
     [LibraryImport(Library)] public static partial AsdStatus asd_live_objects(out long count);
     [LibraryImport(Library, StringMarshalling = StringMarshalling.Utf8)] public static partial AsdStatus asd_peak_memory_reset(string device);
     [LibraryImport(Library, StringMarshalling = StringMarshalling.Utf8)] public static partial AsdStatus asd_peak_memory(string device, out long bytes);
@@ -101,8 +141,9 @@ public static unsafe partial class NativeMethods
                                                       float* masks, long numMasks, in AsdInpaintOptions options, float* outImages);
     [LibraryImport(Library)]
     public static partial AsdStatus asd_model_auto_batch_size(ModelHandle model, long height, long width, long numMasks, out long batch);
-    [LibraryImport(Library, StringMarshalling = StringMarshalling.Utf8)]
-    public static partial AsdStatus asd_model_set_scoring(ModelHandle model, string optionsJson);
+    [LibraryImport(Library)] public static partial AsdStatus asd_model_unet_gflops(ModelHandle model, long height, long width, out double gflops);
+    [LibraryImport(Library)] public static partial AsdStatus asd_scoring_options_default(out AsdScoringOptions options);
+    [LibraryImport(Library)] public static partial AsdStatus asd_model_set_scoring(ModelHandle model, in AsdScoringOptions options);
     [LibraryImport(Library, StringMarshalling = StringMarshalling.Utf8)]
     public static partial AsdStatus asd_model_add_prototypes(ModelHandle model, string category, float* images, long k, long height, long width);
     [LibraryImport(Library, StringMarshalling = StringMarshalling.Utf8)]
@@ -124,8 +165,9 @@ public static unsafe partial class NativeMethods
     public static partial AsdStatus asd_resnet18_pooled(string weightsPath, float* images, long n, long height, long width, float* outPooled);
     [LibraryImport(Library)] public static partial AsdStatus asd_model_free(IntPtr model);
 
+    [LibraryImport(Library)] public static partial AsdStatus asd_trainer_options_default(out AsdTrainerOptions options);
     [LibraryImport(Library, StringMarshalling = StringMarshalling.Utf8)]
-    public static partial AsdStatus asd_trainer_create(ModelHandle model, string kind, string? optionsJson, out IntPtr trainer);
+    public static partial AsdStatus asd_trainer_create(ModelHandle model, string kind, in AsdTrainerOptions options, out IntPtr trainer);
     [LibraryImport(Library, StringMarshalling = StringMarshalling.Utf8)]
     public static partial AsdStatus asd_trainer_add_category(TrainerHandle trainer, string category, float* images, float* foregrounds,
                                                              long k, long height, long width, long* tokenIds, long numPrompts, long length);

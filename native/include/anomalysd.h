@@ -96,6 +96,10 @@ ASD_API asd_status asd_manual_seed(uint64_t seed);
 ASD_API asd_status asd_peak_memory_reset(const char* device);
 ASD_API asd_status asd_peak_memory(const char* device, int64_t* out_bytes);
 
+/** The GEMM throughput of `device` in `dtype` (F32, F16, BF16), measured now: the best of 5 timed n x n matrix products
+ *  (after 2 warm-ups), 2 n^3 / seconds / 1e9. The ceiling the benchmark compares the UNet's achieved GFLOP/s with. */
+ASD_API asd_status asd_gemm_peak_gflops(const char* device, asd_dtype dtype, int64_t n, double* out_gflops);
+
 /** Number of engine objects created and not yet freed (all types), for leak tests. */
 ASD_API asd_status asd_live_objects(int64_t* out_count);
 
@@ -186,13 +190,27 @@ typedef struct asd_inpaint_options {
   int64_t batch_size;          /**< masks per UNet batch; 0 = from available memory */
   uint64_t seed;               /**< mask i uses noise seeded seed + i */
   int32_t naive;               /**< 1: one mask at a time, everything recomputed (benchmark baseline) */
+  /** Inpainting windows (multi-resolution scoring). Each mask is inpainted inside a square window around its
+   *  bounding box (side s): S = max(ceil(s (1 + 2 window_context)), max(64, inpaint_size / 4)) pixels rounded up to a
+   *  multiple of 16, centred on the
+   *  box and shifted inside the image (the whole image when S >= min(height, width)); the window is resampled to
+   *  inpaint_size x inpaint_size (bilinear, antialiased when shrinking), inpainted, resampled back and pasted inside
+   *  the mask only: outside it the image's pixels are returned bit for bit. window_context < 0 is `full`: the whole
+   *  image, nothing pasted (the paper's behaviour). Default -1. */
+  double window_context;
+  /** Side the model inpaints at, a multiple of the VAE factor (compact: 4, SD: 8); 0 (default) = the image's own
+   *  size, allowed with full context only. */
+  int64_t inpaint_size;
 } asd_inpaint_options;
 
 ASD_API asd_status asd_inpaint_options_default(asd_inpaint_options* out_options);
 
 /** Inpaints `image` (3 x height x width floats in [-1, 1], planar RGB) under `num_masks` masks (num_masks x
- *  height x width floats, 1 = inpaint) with the condition of `category` (asd_model_set_category). Writes
- *  num_masks x 3 x height x width floats in [-1, 1] to `out_images`. The whole denoising loop runs in one call. */
+ *  height x width floats, values > 0.5 = inpaint) with the condition of `category` (asd_model_set_category), each
+ *  inside its window (see asd_inpaint_options). Writes num_masks x 3 x height x width floats in [-1, 1] to
+ *  `out_images`: the image with mask i's inpainting pasted. The whole denoising loop runs in one call.
+ *  ASD_ERR_INVALID_ARGUMENT when int(num_inference_steps x noise_strength) < 1 (no denoising step; the message gives
+ *  the smallest usable noise_strength). noise_strength 1 starts from pure noise, as diffusers does. */
 ASD_API asd_status asd_model_inpaint(asd_model* model, const char* category, const float* image, int64_t height, int64_t width,
                                      const float* masks, int64_t num_masks, const asd_inpaint_options* options, float* out_images);
 
@@ -200,14 +218,40 @@ ASD_API asd_status asd_model_inpaint(asd_model* model, const char* category, con
  *  height x width on the model's device (CUDA: from free memory; CPU: also the L2-sized feature-map rule). */
 ASD_API asd_status asd_model_auto_batch_size(const asd_model* model, int64_t height, int64_t width, int64_t num_masks, int64_t* out_batch);
 
+/** FLOPs (in units of 1e9) of one UNet forward of one sample at height x width pixels (latents 1/vae factor of that), counted
+ *  from the architecture: convolutions, linear layers and attention products, 2 per multiply-add (norms and activations
+ *  not counted). */
+ASD_API asd_status asd_model_unet_gflops(const asd_model* model, int64_t height, int64_t width, double* out_gflops);
+
 /* ---------------------------------------------------------------- scoring: backbones, prototype banks, distances */
 
-/** Configures the backbones used for scoring. `options_json`: {"resnet18": "<path>" (torchvision-named
- *  safetensors; prototype features eq. 12 and the offline distance), "distance": "resnet18_uniform" (default) or
- *  "lpips_alex", "alexnet": "<path>" and "lpips": "<path>" (both required for lpips_alex: torchvision AlexNet and
- *  LPIPS v0.1 linear weights), "rotations": [0, 90, 180, 270] (eq. 13 augmentation)}. A checkpoint's prototype
- *  banks are kept. */
-ASD_API asd_status asd_model_set_scoring(asd_model* model, const char* options_json);
+/** The perceptual distance D of eq. 16-17. */
+typedef enum asd_distance_kind {
+  ASD_DISTANCE_RESNET18_UNIFORM = 0, /**< the LPIPS formula on the ImageNet ResNet18's layer1-3, uniform weights (offline default) */
+  ASD_DISTANCE_LPIPS_ALEX = 1        /**< LPIPS v0.1 with AlexNet, the paper's (needs alexnet and lpips weights) */
+} asd_distance_kind;
+
+/** Options of asd_model_set_scoring (fill with asd_scoring_options_default, then set what you need). Strings are
+ *  read during the call only. */
+typedef struct asd_scoring_options {
+  const char* resnet18;          /**< required: torchvision-named ResNet18 safetensors (prototype features eq. 12, the offline distance) */
+  int32_t distance;              /**< asd_distance_kind (default RESNET18_UNIFORM) */
+  const char* alexnet;           /**< torchvision AlexNet safetensors (LPIPS_ALEX only) */
+  const char* lpips;             /**< LPIPS v0.1 linear weights (LPIPS_ALEX only) */
+  const int64_t* rotations;      /**< eq. 13 augmentation angles, multiples of 90; NULL = {0, 90, 180, 270} */
+  int64_t num_rotations;
+  /** PatchCore's local aggregation of prototype features: each feature map is averaged over its k x k neighbourhood
+   *  (stride 1, zero padding counted, as torch AvgPool2d) before eq. 12's concatenation. 1 = off (default), 3 =
+   *  PatchCore. New banks record it; a loaded bank keeps its own. */
+  int64_t feature_aggregation;
+} asd_scoring_options;
+
+ASD_API asd_status asd_scoring_options_default(asd_scoring_options* out_options);
+
+/** Configures the backbones used for scoring. ASD_ERR_INVALID_ARGUMENT for a missing path, an unknown distance, an
+ *  angle that is not a multiple of 90 or an even/non-positive aggregation size; ASD_ERR_IO / ASD_ERR_FORMAT naming a
+ *  weight file that cannot be read. A checkpoint's prototype banks are kept. */
+ASD_API asd_status asd_model_set_scoring(asd_model* model, const asd_scoring_options* options);
 
 /** Adds the k shots (k x 3 x height x width in [-1, 1]) of `category` to its prototype bank, each under every
  *  configured rotation (eq. 13). Banks are saved with the checkpoint. */
@@ -215,14 +259,16 @@ ASD_API asd_status asd_model_add_prototypes(asd_model* model, const char* catego
                                             int64_t width);
 
 /** The error map E (eq. 14) of `image` (3 x height x width in [-1, 1]) against the bank of `category`, written to
- *  `out_map` (capacity floats; out_height x out_width are the feature-map size, 1/8 of the image for ResNet18).
- *  Call with out_map NULL to query the size. */
+ *  `out_map` (capacity floats); out_height x out_width, the layer-2 feature size ceil(height / 8) x ceil(width / 8), are
+ *  written after the map, only on success. Call with out_map NULL (image may then be NULL too) to query the size: no
+ *  feature is computed. ASD_ERR_NOT_FOUND for a category without a bank. */
 ASD_API asd_status asd_model_error_map(asd_model* model, const char* category, const float* image, int64_t height, int64_t width,
                                        float* out_map, int64_t capacity, int64_t* out_height, int64_t* out_width);
 
-/** Inpaints `image` under all masks (as asd_model_inpaint) and writes the perceptual distance maps D(x, x̂_i) of
- *  eq. 16-17 (num_masks x height x width floats) to `out_distances`; `out_images` (may be NULL) receives the
- *  inpaintings (num_masks x 3 x height x width, [-1, 1]). One native call per image. */
+/** Inpaints `image` under all masks (as asd_model_inpaint, window by window) and writes the perceptual distance
+ *  maps D(x_w, x̂_w) of eq. 16-17, computed on each mask's window and 0 outside it (num_masks x height x width floats),
+ *  to `out_distances`; `out_images` (may be NULL) receives the pasted inpaintings (num_masks x 3 x height x width,
+ *  [-1, 1]). Windows of the same size are resampled, pasted and scored in batches. One native call per image. */
 ASD_API asd_status asd_model_inpaint_distances(asd_model* model, const char* category, const float* image, int64_t height,
                                                int64_t width, const float* masks, int64_t num_masks, const asd_inpaint_options* options,
                                                float* out_distances, float* out_images);
@@ -248,15 +294,43 @@ ASD_API asd_status asd_model_free(asd_model* model);
 
 /* ---------------------------------------------------------------- fine-tuning */
 
-/** A trainer of `model` (which must outlive it). `kind`: "unet" (eq. 7-8), "decoder" (eq. 9-10: decoder only)
- *  or "autoencoder" (encoder + decoder from scratch, for the compact preset). The decoder loss's perceptual term
- *  is the distance configured with asd_model_set_scoring (call it first; without it the loss is MSE only). `options_json`: NULL or
- *  {"batch_size": 8, "gradient_accumulation": 1, "learning_rate": 1e-4, "seed": 0, "beta": 0.1, "mixed_precision": "no",
- *   "iou_thresholds": [0, 0.2, 0.5], "augment": {"brightness": 0.1, "contrast": 0.1, "scale_min": 0.9,
- *   "scale_max": 1.1, "rotation_degrees": 10}}.
- *  "mixed_precision": "no" | "bf16" (autocast to bfloat16, CPU or CUDA) | "fp16" (autocast to float16 with dynamic
- *  loss scaling, CUDA only); both need an F32 model (fp32 master weights). ASD_ERR_INVALID_ARGUMENT otherwise. */
-ASD_API asd_status asd_trainer_create(asd_model* model, const char* kind, const char* options_json, asd_trainer** out_trainer);
+/** Precision of the training forward passes. */
+typedef enum asd_mixed_precision {
+  ASD_MIXED_PRECISION_NO = 0,   /**< everything in the model dtype (the paper's setting) */
+  ASD_MIXED_PRECISION_BF16 = 1, /**< autocast to bfloat16, CPU or CUDA */
+  ASD_MIXED_PRECISION_FP16 = 2  /**< autocast to float16 with dynamic loss scaling, CUDA only */
+} asd_mixed_precision;
+
+/** Options of asd_trainer_create (fill with asd_trainer_options_default; section 5.1 defaults). Arrays are read
+ *  during the call only. */
+typedef struct asd_trainer_options {
+  int64_t batch_size;              /**< 8 */
+  int64_t gradient_accumulation;   /**< micro-batches per optimizer step, 1 */
+  double learning_rate;            /**< Adam, 1e-4 */
+  uint64_t seed;                   /**< 0 */
+  double beta;                     /**< weight of the perceptual term of eq. 9, 0.1 */
+  int32_t mixed_precision;         /**< asd_mixed_precision; BF16/FP16 need an F32 model (fp32 master weights) */
+  const double* iou_thresholds;    /**< γ candidates of the training masks; NULL = {0, 0.2, 0.5} */
+  int64_t num_iou_thresholds;
+  double augment_brightness;       /**< additive shift in [-b, b], 0.1 */
+  double augment_contrast;         /**< gain in [1 - c, 1 + c], 0.1 */
+  double augment_scale_min;        /**< zoom range, 0.9 .. 1.1 */
+  double augment_scale_max;
+  double augment_rotation_degrees; /**< rotation in [-r, r], 10 */
+  /** Windows as in asd_inpaint_options: each training mask (drawn at the shots' resolution) is cropped with the
+   *  window inference would give it, resampled to inpaint_size. -1 (default) = full image. */
+  double window_context;
+  int64_t inpaint_size;            /**< 0 (default) = the shots' own size (full context only) */
+} asd_trainer_options;
+
+ASD_API asd_status asd_trainer_options_default(asd_trainer_options* out_options);
+
+/** A trainer of `model`. The trainer keeps the model alive: asd_model_free before asd_trainer_free is safe (the
+ *  model is released with its last user). `kind`: "unet" (eq. 7-8), "decoder" (eq. 9-10: decoder only) or
+ *  "autoencoder" (encoder + decoder from scratch, for the compact preset). The decoder loss's perceptual term is the
+ *  distance configured with asd_model_set_scoring (call it first; without it the loss is MSE only). `options` NULL =
+ *  the defaults. ASD_ERR_INVALID_ARGUMENT for an out-of-range field, naming it. */
+ASD_API asd_status asd_trainer_create(asd_model* model, const char* kind, const asd_trainer_options* options, asd_trainer** out_trainer);
 
 /** Adds the shots of one category: images k x 3 x height x width in [-1, 1]; foregrounds k x height x width
  *  (m_f, 1 = foreground; NULL = whole image); token_ids num_prompts x length int64 (its prompt set T_c). */

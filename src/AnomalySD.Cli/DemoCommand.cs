@@ -4,7 +4,7 @@ using CommandLine;
 namespace AnomalySD.Cli;
 
 [Verb("demo", HelpText = "Write a small synthetic MVTec-layout dataset, fit the compact model on one shot per class, evaluate and print the metrics.")]
-public sealed class DemoOptions : EngineOptions
+public sealed class DemoVerb : EngineFlags
 {
     [Option("out", Default = "anomalysd-demo", HelpText = "Folder for the dataset (data/), the checkpoint (model/) and the report (report/).")]
     public string Out { get; set; } = "anomalysd-demo";
@@ -21,17 +21,16 @@ public sealed class DemoOptions : EngineOptions
 
 public static class DemoCommand
 {
-    public static int Run(DemoOptions o)
+    public static int Run(DemoVerb o)
     {
         string data = Path.Combine(o.Out, "data");
         SyntheticDataset.Write(data, o.ImageSize, seed: (int)o.Seed);
         Console.WriteLine($"synthetic dataset written to {data} (weave: texture, washer: object; defects scratch, hole, stain)");
-        var eval = new EvalOptionsVerb
+        var eval = new EvalVerb
         {
             Data = data, Shots = 1, Model = "compact", ImageSize = o.ImageSize, UnetSteps = o.UnetSteps, AutoencoderSteps = o.AutoencoderSteps,
-            Out = Path.Combine(o.Out, "report"), Seed = o.Seed, Device = o.Device, Verbose = o.Verbose, Scales = "1,2,4,8",
-            NumInferenceSteps = 50, BatchSize = 8, LearningRate = 1e-4,
+            Out = Path.Combine(o.Out, "report"), Seed = o.Seed, Device = o.Device, Verbose = o.Verbose, BatchSize = 8, LearningRate = 1e-4,
         };
-        return FitEvalCommands.Eval(eval);
+        return EvalCommand.Run(eval);
     }
 }

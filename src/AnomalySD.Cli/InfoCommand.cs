@@ -4,7 +4,7 @@ using CommandLine;
 namespace AnomalySD.Cli;
 
 [Verb("info", HelpText = "Print the engine version, the libtorch version, the devices and the CPU thread count.")]
-public sealed class InfoOptions
+public sealed class InfoVerb
 {
     [Option("threads", HelpText = "Set libtorch's CPU thread count before reporting it (>= 1).")]
     public int? Threads { get; set; }
@@ -12,7 +12,7 @@ public sealed class InfoOptions
 
 public static class InfoCommand
 {
-    public static int Run(InfoOptions options, TextWriter output)
+    public static int Run(InfoVerb options, TextWriter output)
     {
         if (options.Threads is int t) EngineInfo.SetNumThreads(t);
         var info = EngineInfo.Query();

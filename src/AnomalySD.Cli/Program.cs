@@ -5,20 +5,20 @@ using AnomalySD.Native;
 using CommandLine;
 using CommandLine.Text;
 
-// Entry point of `anomalysd`. Each verb is an options class + a handler. A failure is reported as one line naming
+// Entry point of `anomalysd`. Each verb is a flags class + a handler, one file per verb (FitCommand.cs, EvalCommand.cs, ...). A failure is reported as one line naming
 // the problem (no stack trace): exit 2 for engine, data and I/O errors; bad usage exits 1.
 try
 {
     args = CliSupport.ExpandConfig(args);
     var parser = new Parser(s => { s.HelpWriter = null; s.CaseInsensitiveEnumValues = true; });
-    var parsed = parser.ParseArguments<InfoOptions, FitOptionsVerb, EvalOptionsVerb, DetectOptions, BenchOptions, DemoOptions>(args);
+    var parsed = parser.ParseArguments<InfoVerb, FitVerb, EvalVerb, DetectVerb, BenchVerb, DemoVerb>(args);
     return parsed.MapResult(
-        (InfoOptions o) => InfoCommand.Run(o, Console.Out),
-        (FitOptionsVerb o) => Run(o, () => FitEvalCommands.Fit(o)),
-        (EvalOptionsVerb o) => Run(o, () => FitEvalCommands.Eval(o)),
-        (DetectOptions o) => Run(o, () => BenchDetectCommands.Detect(o, Console.Out)),
-        (BenchOptions o) => Run(o, () => BenchDetectCommands.Bench(o, Console.Out)),
-        (DemoOptions o) => Run(o, () => DemoCommand.Run(o)),
+        (InfoVerb o) => InfoCommand.Run(o, Console.Out),
+        (FitVerb o) => Run(o, () => FitCommand.Run(o)),
+        (EvalVerb o) => Run(o, () => EvalCommand.Run(o)),
+        (DetectVerb o) => Run(o, () => DetectCommand.Run(o, Console.Out)),
+        (BenchVerb o) => Run(o, () => BenchCommand.Run(o, Console.Out)),
+        (DemoVerb o) => Run(o, () => DemoCommand.Run(o)),
         errors => ReportParseErrors(parsed, errors.ToList()));
 }
 catch (Exception e) when (e is AsdException or DllNotFoundException or IOException or InvalidDataException or ImageLoadException
@@ -35,7 +35,7 @@ catch (Exception e)
     return 2;
 }
 
-static int Run(EngineOptions o, Func<int> body)
+static int Run(EngineFlags o, Func<int> body)
 {
     try { o.Validate(); } // every flag is checked before any model is built or data is read
     catch (ArgumentException e) { throw new ArgumentException(CliSupport.WithConfigSource(e.Message), e); }

@@ -1,8 +1,11 @@
 // C API: errors, versions, devices, threads, seeds, live-object count.
+#include <algorithm>
+#include <chrono>
 #include <cstring>
 
 #include <torch/torch.h>
 #include <torch/version.h>
+#include <torch/cuda.h>
 #include <fstream>
 #include <string>
 #ifdef ANOMALYSD_WITH_CUDA
@@ -12,6 +15,7 @@
 
 #include "anomalysd.h"
 #include "api/guard.h"
+#include "api/handles.h"
 #include "core/live_objects.h"
 
 namespace asd::api {
@@ -102,11 +106,8 @@ ASD_API asd_status asd_manual_seed(uint64_t seed) {
 }
 
 namespace {
-bool is_cuda_device(const char* device) { return device != nullptr && std::string(device).rfind("cuda", 0) == 0; }
-int cuda_index(const char* device) {
-  const std::string d(device);
-  return d.size() > 5 && d[4] == ':' ? std::stoi(d.substr(5)) : 0;
-}
+bool is_cuda_device(const char* device) { return asd::api::parse_device_name(device).cuda; }
+[[maybe_unused]] int cuda_index(const char* device) { return asd::api::parse_device_name(device).index; }
 }  // namespace
 
 ASD_API asd_status asd_peak_memory_reset(const char* device) {
@@ -149,6 +150,33 @@ ASD_API asd_status asd_peak_memory(const char* device, int64_t* out_bytes) {
       std::getline(status, key);
     }
     asd::throw_error(ASD_ERR_UNSUPPORTED, "no peak resident set (VmHWM) on this platform");
+  });
+}
+
+ASD_API asd_status asd_gemm_peak_gflops(const char* device, asd_dtype dtype, int64_t n, double* out_gflops) {
+  return ASD_GUARD({
+    not_null(out_gflops, "out_gflops");
+    asd::require(n >= 64 && n <= 16384, "n must be in [64, 16384]");
+    const torch::Device d = asd::api::parse_device(device);
+    const auto t = asd::api::to_torch_dtype(dtype == ASD_DTYPE_AUTO ? ASD_DTYPE_F32 : dtype);
+    asd::require(*t == torch::kFloat32 || *t == torch::kFloat16 || *t == torch::kBFloat16, "dtype must be F32, F16 or BF16");
+    c10::InferenceMode inference;
+    const auto options = torch::TensorOptions().device(d).dtype(*t);
+    const torch::Tensor a = torch::randn({n, n}, options), b = torch::randn({n, n}, options);
+    torch::Tensor c = torch::empty({n, n}, options);
+    auto sync = [&] {
+      if (d.is_cuda()) torch::cuda::synchronize(d.index());
+    };
+    double best = 0;
+    for (int rep = 0; rep < 7; ++rep) {  // 2 warm-ups, then the best of 5
+      sync();
+      const auto start = std::chrono::steady_clock::now();
+      torch::mm_out(c, a, b);
+      sync();
+      const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      if (rep >= 2 && seconds > 0) best = std::max(best, 2.0 * static_cast<double>(n) * static_cast<double>(n) * static_cast<double>(n) / seconds / 1e9);
+    }
+    *out_gflops = best;
   });
 }
 

@@ -1,4 +1,5 @@
 // C API: inpainting models, checkpoints, prompt conditions, batched inpainting, fine-tuning.
+#include <cmath>
 #include <cstring>
 #include <filesystem>
 
@@ -7,22 +8,53 @@
 #include "api/guard.h"
 #include "api/handles.h"
 #include "pipeline/checkpoint.h"
+#include "models/unet_flops.h"
 #include "pipeline/inpaint.h"
 
 namespace asd::api {
 
-torch::Device parse_device(const char* device) {
+DeviceName parse_device_name(const char* device) {
   const std::string d = device == nullptr || *device == '\0' ? "cpu" : device;
-  if (d == "cpu") return torch::kCPU;
-  if (d.rfind("cuda", 0) == 0) {
-    if (!torch::cuda::is_available()) throw_error(ASD_ERR_UNSUPPORTED, "device '" + d + "' requested but no CUDA device is available");
-    const int64_t index = d.size() > 5 && d[4] == ':' ? std::stoll(d.substr(5)) : 0;
-    if (index < 0 || index >= static_cast<int64_t>(torch::cuda::device_count())) {
-      throw_error(ASD_ERR_NOT_FOUND, "no CUDA device " + std::to_string(index));
-    }
-    return torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(index));
+  if (d == "cpu") return {false, 0};
+  if (d == "cuda") return {true, 0};
+  const std::string prefix = "cuda:";
+  if (d.rfind(prefix, 0) == 0 && d.size() > prefix.size() && d.size() <= prefix.size() + 4 &&
+      std::all_of(d.begin() + static_cast<std::ptrdiff_t>(prefix.size()), d.end(), [](char ch) { return ch >= '0' && ch <= '9'; })) {
+    return {true, std::stoi(d.substr(prefix.size()))};
   }
-  throw_error(ASD_ERR_INVALID_ARGUMENT, "unknown device '" + d + "' (use cpu, cuda or cuda:N)");
+  throw_error(ASD_ERR_INVALID_ARGUMENT, "unknown device '" + d + "' (use cpu, cuda or cuda:N with N a device number)");
+}
+
+torch::Device parse_device(const char* device) {
+  const DeviceName name = parse_device_name(device);
+  if (!name.cuda) return torch::kCPU;
+  const std::string d = device;
+  if (!torch::cuda::is_available()) throw_error(ASD_ERR_UNSUPPORTED, "device '" + d + "' requested but no CUDA device is available");
+  if (name.index >= static_cast<int>(torch::cuda::device_count())) throw_error(ASD_ERR_NOT_FOUND, "no CUDA device " + std::to_string(name.index));
+  return torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(name.index));
+}
+
+void release(asd_model* model) {
+  if (model != nullptr && model->references.fetch_sub(1) == 1) delete model;
+}
+
+pipeline::WindowOptions to_window_options(const asd_inpaint_options& options) {
+  require(std::isfinite(options.window_context), "window_context must be finite (< 0 = full image)");
+  require(options.inpaint_size >= 0, "inpaint_size must be >= 0 (0 = the image's size)");
+  pipeline::WindowOptions w;
+  w.context = options.window_context;
+  w.inpaint_size = options.inpaint_size;
+  return w;
+}
+
+pipeline::InpaintCondition inpaint_condition(const asd_model& model, const std::string& category, const asd_inpaint_options& options) {
+  auto it = model.conditions.find(category);
+  if (it == model.conditions.end()) throw_error(ASD_ERR_NOT_FOUND, "unknown category '" + category + "': call asd_model_set_category first");
+  pipeline::InpaintCondition condition;
+  condition.text_embedding = it->second;
+  condition.token_ids = model.prompt_ids.at(category);
+  condition.naive = options.naive != 0;
+  return condition;
 }
 
 pipeline::InpaintOptions to_inpaint_options(const asd_inpaint_options& options) {
@@ -35,6 +67,12 @@ pipeline::InpaintOptions to_inpaint_options(const asd_inpaint_options& options) 
 }
 
 }  // namespace asd::api
+
+asd_trainer::~asd_trainer() {
+  unet.reset();  // the finetuners refer to the model's components: gone before the model may be
+  decoder.reset();
+  asd::api::release(model);
+}
 
 using asd::api::not_null;
 namespace pl = asd::pipeline;
@@ -65,29 +103,65 @@ torch::ScalarType model_dtype(asd_dtype dtype) {
   return *t;
 }
 
-pl::FinetuneOptions finetune_options(const nlohmann::json& j, double* beta) {
+pl::FinetuneOptions finetune_options(const asd_trainer_options& t, double* beta) {
+  auto check = [](bool ok, const char* field, double value) {
+    if (!ok) asd::throw_error(ASD_ERR_INVALID_ARGUMENT, std::string("trainer options: ") + field + " = " + std::to_string(value) + " is out of range");
+  };
+  check(t.batch_size >= 1, "batch_size (>= 1)", static_cast<double>(t.batch_size));
+  check(t.gradient_accumulation >= 1, "gradient_accumulation (>= 1)", static_cast<double>(t.gradient_accumulation));
+  check(t.learning_rate > 0 && std::isfinite(t.learning_rate), "learning_rate (> 0)", t.learning_rate);
+  check(t.beta >= 0 && std::isfinite(t.beta), "beta (>= 0)", t.beta);
+  check(t.mixed_precision >= ASD_MIXED_PRECISION_NO && t.mixed_precision <= ASD_MIXED_PRECISION_FP16, "mixed_precision (0 no, 1 bf16, 2 fp16)",
+        t.mixed_precision);
+  check(t.augment_brightness >= 0 && t.augment_contrast >= 0 && t.augment_contrast < 1, "augment_brightness (>= 0) / augment_contrast ([0, 1))",
+        t.augment_contrast);
+  check(t.augment_scale_min > 0 && t.augment_scale_min <= t.augment_scale_max, "augment_scale_min (0 < min <= max)", t.augment_scale_min);
+  check(t.augment_rotation_degrees >= 0 && t.augment_rotation_degrees <= 180, "augment_rotation_degrees ([0, 180])", t.augment_rotation_degrees);
+  check(std::isfinite(t.window_context), "window_context (finite; < 0 = full)", t.window_context);
+  check(t.inpaint_size >= 0, "inpaint_size (>= 0)", static_cast<double>(t.inpaint_size));
   pl::FinetuneOptions o;
-  try {
-    o.batch_size = j.value("batch_size", o.batch_size);
-    o.gradient_accumulation = j.value("gradient_accumulation", o.gradient_accumulation);
-    o.learning_rate = j.value("learning_rate", o.learning_rate);
-    o.seed = j.value("seed", o.seed);
-    o.mixed_precision = asd::parse_mixed_precision(j.value("mixed_precision", std::string("no")));
-    if (j.contains("iou_thresholds")) o.masks.gammas = j.at("iou_thresholds").get<std::vector<double>>();
-    *beta = j.value("beta", 0.1);
-    if (j.contains("augment")) {
-      const auto& a = j.at("augment");
-      o.augment.brightness = a.value("brightness", o.augment.brightness);
-      o.augment.contrast = a.value("contrast", o.augment.contrast);
-      o.augment.scale_min = a.value("scale_min", o.augment.scale_min);
-      o.augment.scale_max = a.value("scale_max", o.augment.scale_max);
-      o.augment.rotation_degrees = a.value("rotation_degrees", o.augment.rotation_degrees);
-    }
-  } catch (const nlohmann::json::exception& e) {
-    asd::throw_error(ASD_ERR_INVALID_ARGUMENT, std::string("trainer options: ") + e.what());
+  o.batch_size = t.batch_size;
+  o.gradient_accumulation = t.gradient_accumulation;
+  o.learning_rate = t.learning_rate;
+  o.seed = t.seed;
+  o.mixed_precision = t.mixed_precision == ASD_MIXED_PRECISION_BF16   ? asd::MixedPrecision::kBF16
+                      : t.mixed_precision == ASD_MIXED_PRECISION_FP16 ? asd::MixedPrecision::kFP16
+                                                                      : asd::MixedPrecision::kNone;
+  if (t.iou_thresholds != nullptr) {
+    check(t.num_iou_thresholds >= 1, "num_iou_thresholds (>= 1)", static_cast<double>(t.num_iou_thresholds));
+    o.masks.gammas.assign(t.iou_thresholds, t.iou_thresholds + t.num_iou_thresholds);
+    for (double g : o.masks.gammas) check(g >= 0 && g < 1, "iou_thresholds (each in [0, 1))", g);
   }
-  asd::require(o.batch_size >= 1 && o.gradient_accumulation >= 1 && o.learning_rate > 0, "trainer options: batch_size, gradient_accumulation >= 1 and learning_rate > 0 required");
+  o.augment.brightness = t.augment_brightness;
+  o.augment.contrast = t.augment_contrast;
+  o.augment.scale_min = t.augment_scale_min;
+  o.augment.scale_max = t.augment_scale_max;
+  o.augment.rotation_degrees = t.augment_rotation_degrees;
+  o.windows.context = t.window_context;
+  o.windows.inpaint_size = t.inpaint_size;
+  *beta = t.beta;
   return o;
+}
+
+asd_trainer_options default_trainer_options() {
+  const pl::FinetuneOptions d;
+  asd_trainer_options t{};
+  t.batch_size = d.batch_size;
+  t.gradient_accumulation = d.gradient_accumulation;
+  t.learning_rate = d.learning_rate;
+  t.seed = d.seed;
+  t.beta = 0.1;
+  t.mixed_precision = ASD_MIXED_PRECISION_NO;
+  t.iou_thresholds = nullptr;
+  t.num_iou_thresholds = 0;
+  t.augment_brightness = d.augment.brightness;
+  t.augment_contrast = d.augment.contrast;
+  t.augment_scale_min = d.augment.scale_min;
+  t.augment_scale_max = d.augment.scale_max;
+  t.augment_rotation_degrees = d.augment.rotation_degrees;
+  t.window_context = d.windows.context;
+  t.inpaint_size = d.windows.inpaint_size;
+  return t;
 }
 
 std::string dtype_string(torch::ScalarType t) { return t == torch::kFloat16 ? "F16" : t == torch::kBFloat16 ? "BF16" : "F32"; }
@@ -202,7 +276,7 @@ ASD_API asd_status asd_model_set_category(asd_model* model, const char* category
 ASD_API asd_status asd_inpaint_options_default(asd_inpaint_options* out_options) {
   return ASD_GUARD({
     not_null(out_options, "out_options");
-    *out_options = asd_inpaint_options{50, 0.4, 0, 0, 0};
+    *out_options = asd_inpaint_options{50, 0.4, 0, 0, 0, -1.0, 0};
   });
 }
 
@@ -221,35 +295,45 @@ ASD_API asd_status asd_model_inpaint(asd_model* model, const char* category, con
     const std::string name = not_null(category, "category");
     not_null(options, "options");
     not_null(out_images, "out_images");
-    auto it = model->conditions.find(name);
-    if (it == model->conditions.end()) {
-      asd::throw_error(ASD_ERR_NOT_FOUND, "unknown category '" + name + "': call asd_model_set_category first");
-    }
     const torch::Tensor x = from_buffer(image, {3, height, width}, "image");
     const torch::Tensor m = from_buffer(masks, {num_masks, 1, height, width}, "masks");
-    const pl::InpaintOptions o = asd::api::to_inpaint_options(*options);
-    const torch::Tensor out = options->naive != 0
-                                  ? pl::inpaint_naive(model->components, x, m, model->prompt_ids.at(name), o)
-                                  : pl::inpaint(model->components, x, m, it->second, o);
-    std::memcpy(out_images, out.contiguous().data_ptr<float>(), static_cast<size_t>(out.numel()) * sizeof(float));
+    const pl::WindowedInpainting out = pl::inpaint_windows(model->components, x, m, asd::api::to_window_options(*options),
+                                                           asd::api::inpaint_condition(*model, name, *options), asd::api::to_inpaint_options(*options),
+                                                           nullptr, /*want_images=*/true);
+    std::memcpy(out_images, out.images.contiguous().data_ptr<float>(), static_cast<size_t>(out.images.numel()) * sizeof(float));
+  });
+}
+
+ASD_API asd_status asd_model_unet_gflops(const asd_model* model, int64_t height, int64_t width, double* out_gflops) {
+  return ASD_GUARD({
+    not_null(model, "model");
+    const int64_t f = model->components.vae_scale_factor();
+    asd::require(height >= f && width >= f, "height and width must be at least the VAE factor");
+    *not_null(out_gflops, "out_gflops") =
+        static_cast<double>(asd::models::unet_forward_flops(model->components.unet->config(), height / f, width / f)) / 1e9;
   });
 }
 
 ASD_API asd_status asd_model_free(asd_model* model) {
-  return ASD_GUARD({ delete model; });
+  return ASD_GUARD({ asd::api::release(model); });
 }
 
-ASD_API asd_status asd_trainer_create(asd_model* model, const char* kind, const char* options_json, asd_trainer** out_trainer) {
+ASD_API asd_status asd_trainer_options_default(asd_trainer_options* out_options) {
+  return ASD_GUARD({ *not_null(out_options, "out_options") = default_trainer_options(); });
+}
+
+ASD_API asd_status asd_trainer_create(asd_model* model, const char* kind, const asd_trainer_options* options, asd_trainer** out_trainer) {
   return ASD_GUARD({
     not_null(model, "model");
     not_null(out_trainer, "out_trainer");
     const std::string k = not_null(kind, "kind");
     asd::require(k == "unet" || k == "decoder" || k == "autoencoder", "kind must be \"unet\", \"decoder\" or \"autoencoder\", got \"" + k + "\"");
     auto t = std::make_unique<asd_trainer>();
-    t->model = model;
     t->kind = k;
-    t->options = finetune_options(parse_object(options_json, "options_json"), &t->beta);
+    t->options = finetune_options(options != nullptr ? *options : default_trainer_options(), &t->beta);
     asd::check_mixed_precision(t->options.mixed_precision, model->components.device, model->components.dtype);
+    model->references.fetch_add(1);  // released by ~asd_trainer
+    t->model = model;
     *out_trainer = t.release();
   });
 }
@@ -311,7 +395,7 @@ ASD_API asd_status asd_trainer_run(asd_trainer* trainer, int64_t steps, double* 
     }
     double total = 0;
     for (int64_t i = 0; i < steps; ++i) total += trainer->unet ? trainer->unet->step() : trainer->decoder->step();
-    if (trainer->kind == "autoencoder" && steps > 0) c.scaling_factor = pl::latent_scaling_factor(c, trainer->data);
+    if (trainer->kind == "autoencoder" && steps > 0) c.scaling_factor = pl::latent_scaling_factor(c, trainer->data, trainer->options.windows.inpaint_size);
     if (out_mean_loss != nullptr) *out_mean_loss = steps > 0 ? total / static_cast<double>(steps) : 0.0;
   });
 }

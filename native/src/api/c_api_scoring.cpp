@@ -29,7 +29,8 @@ void require_scoring(const asd_model* m) {
 }
 
 asd::PrototypeExtractor extractor(asd_model* m) {
-  return [m](const torch::Tensor& rgb01) { return asd::prototype_features(*m->resnet, rgb01); };
+  const int64_t aggregation = m->bank->options().aggregation;
+  return [m, aggregation](const torch::Tensor& rgb01) { return asd::prototype_features(*m->resnet, rgb01, aggregation); };
 }
 
 /// D(x, others_i) for x [1, 3, H, W] and others [N, 3, H, W] (both in [-1, 1]) into out (N x H x W floats),
@@ -52,37 +53,44 @@ void distance_maps(const asd_model* m, const torch::Tensor& x, const torch::Tens
 
 extern "C" {
 
-ASD_API asd_status asd_model_set_scoring(asd_model* model, const char* options_json) {
+ASD_API asd_status asd_scoring_options_default(asd_scoring_options* out_options) {
+  return ASD_GUARD({ *not_null(out_options, "out_options") = asd_scoring_options{nullptr, ASD_DISTANCE_RESNET18_UNIFORM, nullptr, nullptr, nullptr, 0, 1}; });
+}
+
+ASD_API asd_status asd_model_set_scoring(asd_model* model, const asd_scoring_options* options) {
   return ASD_GUARD({
     not_null(model, "model");
-    nlohmann::json o;
-    try {
-      o = nlohmann::json::parse(not_null(options_json, "options_json"));
-    } catch (const nlohmann::json::exception& e) {
-      asd::throw_error(ASD_ERR_INVALID_ARGUMENT, std::string("options_json is not valid JSON: ") + e.what());
+    const asd_scoring_options& o = *not_null(options, "options");
+    asd::require(o.resnet18 != nullptr && *o.resnet18 != '\0', "scoring options: resnet18 (the path of resnet18_imagenet.safetensors) is required");
+    asd::require(o.distance == ASD_DISTANCE_RESNET18_UNIFORM || o.distance == ASD_DISTANCE_LPIPS_ALEX,
+                 [&] { return "scoring options: distance must be 0 (resnet18_uniform) or 1 (lpips_alex), got " + std::to_string(o.distance); });
+    asd::require(o.feature_aggregation >= 1 && o.feature_aggregation % 2 == 1,
+                 [&] { return "scoring options: feature_aggregation must be odd and >= 1 (1 = off, 3 = PatchCore), got " + std::to_string(o.feature_aggregation); });
+    std::vector<int64_t> rotations = model->rotations;
+    if (o.rotations != nullptr) {
+      asd::require(o.num_rotations >= 1, "scoring options: num_rotations must be >= 1 when rotations is given");
+      rotations.assign(o.rotations, o.rotations + o.num_rotations);
+      for (int64_t a : rotations) asd::require(a % 90 == 0, [&] { return "scoring options: rotation " + std::to_string(a) + " is not a multiple of 90"; });
     }
-    asd::require(o.is_object() && o.contains("resnet18") && o["resnet18"].is_string(),
-                 "options_json needs \"resnet18\": the path of the ResNet18 weights (resnet18_imagenet.safetensors)");
     const torch::Device device = model->components.device;
-    asd::ResNet18 net = asd::load_resnet18(o["resnet18"].get<std::string>());
+    asd::ResNet18 net = asd::load_resnet18(o.resnet18);
     net->eval();
     net->to(device);
-    const auto kind = asd::perceptual_distance_from_string(o.value("distance", "resnet18_uniform"));
     std::unique_ptr<asd::Lpips> distance;
-    if (kind == asd::PerceptualDistance::lpips_alex) {
-      asd::require(o.contains("alexnet") && o.contains("lpips"), "distance lpips_alex needs \"alexnet\" and \"lpips\" weight paths");
-      distance = std::make_unique<asd::Lpips>(asd::Lpips::alex(asd::safetensors::load(o["alexnet"].get<std::string>()),
-                                                               asd::safetensors::load(o["lpips"].get<std::string>())));
+    if (o.distance == ASD_DISTANCE_LPIPS_ALEX) {
+      asd::require(o.alexnet != nullptr && o.lpips != nullptr, "scoring options: the lpips_alex distance needs the alexnet and lpips weight paths");
+      distance = std::make_unique<asd::Lpips>(asd::Lpips::alex(asd::safetensors::load(o.alexnet), asd::safetensors::load(o.lpips)));
     } else {
       distance = std::make_unique<asd::Lpips>(asd::Lpips::resnet18_uniform(net));
     }
     distance->to(device);
-    if (o.contains("rotations")) model->rotations = o["rotations"].get<std::vector<int64_t>>();
+    model->rotations = rotations;
     model->resnet = net;
     model->distance = std::move(distance);
     if (!model->bank) {
       asd::PrototypeBankOptions bo;
       bo.rotations_deg = model->rotations;
+      bo.aggregation = o.feature_aggregation;
       model->bank = std::make_unique<asd::PrototypeBank>("resnet18-" + asd::to_string(net->padding()), std::vector<int64_t>{128, 256}, bo, device);
     }
   });
@@ -105,15 +113,24 @@ ASD_API asd_status asd_model_error_map(asd_model* model, const char* category, c
   return ASD_GUARD({
     not_null(model, "model");
     require_scoring(model);
-    const torch::Tensor x = image_from(image, height, width);
-    const torch::Tensor features = asd::prototype_features(*model->resnet, ((x + 1) / 2).to(model->components.device));
-    const torch::Tensor e = model->bank->error_map(not_null(category, "category"), features[0]).to(torch::kCPU, torch::kFloat32).contiguous();
-    if (out_height != nullptr) *out_height = e.size(0);
-    if (out_width != nullptr) *out_width = e.size(1);
-    if (out_map != nullptr) {
-      asd::require(capacity >= e.numel(), "out_map holds " + std::to_string(capacity) + " floats, the map needs " + std::to_string(e.numel()));
-      std::memcpy(out_map, e.data_ptr<float>(), static_cast<size_t>(e.numel()) * sizeof(float));
+    asd::require(height > 0 && width > 0, "height and width must be > 0");
+    const std::string name = not_null(category, "category");
+    if (!model->bank->has(name)) asd::throw_error(ASD_ERR_NOT_FOUND, "category '" + name + "' has no prototype bank (asd_model_add_prototypes)");
+    // ResNet18 layer2 is at stride 8: conv1, the max pool and layer2 each halve with ceil (torchvision padding).
+    const int64_t fh = (height + 7) / 8, fw = (width + 7) / 8;
+    if (out_map == nullptr) {  // size query: no feature extraction, no search
+      if (out_height != nullptr) *out_height = fh;
+      if (out_width != nullptr) *out_width = fw;
+      return;
     }
+    asd::require(capacity >= fh * fw, [&] { return "out_map holds " + std::to_string(capacity) + " floats, the map needs " + std::to_string(fh * fw); });
+    const torch::Tensor x = image_from(image, height, width);
+    const torch::Tensor features = extractor(model)(((x + 1) / 2).to(model->components.device));
+    const torch::Tensor e = model->bank->error_map(name, features[0]).to(torch::kCPU, torch::kFloat32).contiguous();
+    asd::require(e.size(0) == fh && e.size(1) == fw, "internal: the error map's size differs from the stride-8 rule");
+    std::memcpy(out_map, e.data_ptr<float>(), static_cast<size_t>(e.numel()) * sizeof(float));
+    if (out_height != nullptr) *out_height = fh;  // out-parameters only once nothing can fail any more
+    if (out_width != nullptr) *out_width = fw;
   });
 }
 
@@ -126,18 +143,16 @@ ASD_API asd_status asd_model_inpaint_distances(asd_model* model, const char* cat
     not_null(options, "options");
     not_null(out_distances, "out_distances");
     const std::string name = not_null(category, "category");
-    auto it = model->conditions.find(name);
-    if (it == model->conditions.end()) asd::throw_error(ASD_ERR_NOT_FOUND, "unknown category '" + name + "': call asd_model_set_category first");
     const torch::Tensor x = image_from(image, height, width);
     not_null(masks, "masks");
     asd::require(num_masks >= 1, "num_masks must be >= 1");
     const torch::Tensor m = torch::from_blob(const_cast<float*>(masks), {num_masks, 1, height, width}, torch::kFloat32).clone();
-    const pl::InpaintOptions o = asd::api::to_inpaint_options(*options);
-    const torch::Tensor inpainted = options->naive != 0 ? pl::inpaint_naive(model->components, x[0], m, model->prompt_ids.at(name), o)
-                                                        : pl::inpaint(model->components, x[0], m, it->second, o);
-    distance_maps(model, x, inpainted, out_distances);
+    const pl::WindowedInpainting out =
+        pl::inpaint_windows(model->components, x[0], m, asd::api::to_window_options(*options), asd::api::inpaint_condition(*model, name, *options),
+                            asd::api::to_inpaint_options(*options), model->distance.get(), /*want_images=*/out_images != nullptr);
+    std::memcpy(out_distances, out.distances.contiguous().data_ptr<float>(), static_cast<size_t>(out.distances.numel()) * sizeof(float));
     if (out_images != nullptr) {
-      std::memcpy(out_images, inpainted.contiguous().data_ptr<float>(), static_cast<size_t>(inpainted.numel()) * sizeof(float));
+      std::memcpy(out_images, out.images.contiguous().data_ptr<float>(), static_cast<size_t>(out.images.numel()) * sizeof(float));
     }
   });
 }

@@ -1,6 +1,7 @@
 // Definitions of the opaque handle types declared in anomalysd.h, and dtype conversions for the C API.
 #pragma once
 
+#include <atomic>
 #include <map>
 #include <memory>
 #include <optional>
@@ -17,12 +18,16 @@
 #include "pipeline/inpaint.h"
 #include "pipeline/prototype_bank.h"
 #include "pipeline/sd_pipeline.h"
+#include "pipeline/windows.h"
 
 struct asd_tensor_map : asd::CountedObject {
   asd::TensorMap map;
 };
 
 struct asd_model : asd::CountedObject {
+  /// Owners: the handle returned to the caller, plus one per trainer created on this model. asd_model_free and
+  /// asd_trainer_free release; the last release deletes, so freeing in either order is safe.
+  std::atomic<int64_t> references{1};
   asd::pipeline::SdComponents components;
   nlohmann::json metadata = nlohmann::json::object();  ///< host metadata of the checkpoint it was loaded from
   nlohmann::json training = nlohmann::json::object();  ///< training counters of that checkpoint
@@ -37,7 +42,8 @@ struct asd_model : asd::CountedObject {
 };
 
 struct asd_trainer : asd::CountedObject {
-  asd_model* model = nullptr;
+  asd_model* model = nullptr;  ///< one reference held (see asd_model::references), released by the destructor
+  ~asd_trainer() override;
   std::string kind;  ///< "unet" | "decoder" | "autoencoder"
   asd::pipeline::FinetuneOptions options;
   double beta = 0.1;
@@ -52,6 +58,21 @@ namespace asd::api {
 
 /// The C options struct as the pipeline's options.
 pipeline::InpaintOptions to_inpaint_options(const asd_inpaint_options& options);
+/// Its window fields (ASD_ERR_INVALID_ARGUMENT for a non-finite context or a negative size).
+pipeline::WindowOptions to_window_options(const asd_inpaint_options& options);
+/// The category's condition for inpainting (ASD_ERR_NOT_FOUND for an unknown category).
+pipeline::InpaintCondition inpaint_condition(const asd_model& model, const std::string& category, const asd_inpaint_options& options);
+
+/// Drops one reference of `model` (NULL is ignored); deletes it with the last one.
+void release(asd_model* model);
+
+/// A device string parsed without touching any device: "cpu" (or NULL/""), "cuda" (index 0), "cuda:N" (N digits).
+/// ASD_ERR_INVALID_ARGUMENT naming the string for anything else.
+struct DeviceName {
+  bool cuda = false;
+  int index = 0;
+};
+DeviceName parse_device_name(const char* device);
 
 /// "cpu", "cuda", "cuda:N" -> device; ASD_ERR_UNSUPPORTED when CUDA is asked for and not available.
 torch::Device parse_device(const char* device);

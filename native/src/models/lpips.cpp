@@ -82,16 +82,26 @@ std::vector<torch::Tensor> Lpips::features(const torch::Tensor& x) const {
 torch::Tensor Lpips::distance_map(const torch::Tensor& in0, const torch::Tensor& in1) const {
   require(in0.dim() == 4 && in0.size(1) == 3, "LPIPS distance_map: in0 must be [B,3,H,W]");
   require(in0.sizes() == in1.sizes(), "LPIPS distance_map: in0 and in1 must have the same shape");
-  const int64_t batch = in0.size(0);
-  const int64_t height = in0.size(2);
-  const int64_t width = in0.size(3);
-  // One trunk pass over both images.
-  const torch::Tensor both = torch::cat({in0.to(device_, torch::kFloat32), in1.to(device_, torch::kFloat32)}, 0);
+  std::vector<int64_t> pairs(static_cast<size_t>(in0.size(0)));
+  for (size_t i = 0; i < pairs.size(); ++i) pairs[i] = static_cast<int64_t>(i);
+  return distance_map(in0, pairs, in1);
+}
+
+torch::Tensor Lpips::distance_map(const torch::Tensor& refs, const std::vector<int64_t>& ref_of_item, const torch::Tensor& others) const {
+  require(refs.dim() == 4 && refs.size(1) == 3 && others.dim() == 4 && others.size(1) == 3 && refs.size(2) == others.size(2) &&
+              refs.size(3) == others.size(3),
+          "LPIPS distance_map: refs [U,3,H,W] and others [B,3,H,W] must share H and W");
+  require(static_cast<int64_t>(ref_of_item.size()) == others.size(0), "LPIPS distance_map: one reference index per item is needed");
+  for (int64_t r : ref_of_item) require(r >= 0 && r < refs.size(0), "LPIPS distance_map: a reference index is out of range");
+  const int64_t refs_count = refs.size(0), batch = others.size(0), height = others.size(2), width = others.size(3);
+  // One trunk pass over the distinct references and the items.
+  const torch::Tensor both = torch::cat({refs.to(device_, torch::kFloat32), others.to(device_, torch::kFloat32)}, 0);
   const std::vector<torch::Tensor> feats = features(both);
+  const torch::Tensor index = torch::tensor(ref_of_item, torch::kInt64).to(device_);
   torch::Tensor total;
   for (size_t l = 0; l < feats.size(); ++l) {
     const torch::Tensor n = feats[l] / (feats[l].pow(2).sum(1, /*keepdim=*/true).sqrt() + 1e-10);
-    const torch::Tensor diff2 = (n.narrow(0, 0, batch) - n.narrow(0, batch, batch)).pow(2);
+    const torch::Tensor diff2 = (n.narrow(0, 0, refs_count).index_select(0, index) - n.narrow(0, refs_count, batch)).pow(2);
     const torch::Tensor d = F::conv2d(diff2, lin_[l]);  // [B,1,h,w] = sum_c w[c] * diff2[c]
     const torch::Tensor up = F::interpolate(
         d, F::InterpolateFuncOptions().size(std::vector<int64_t>{height, width}).mode(torch::kBilinear).align_corners(false));

@@ -49,6 +49,10 @@ class Lpips {
   /// ASD_ERR_INVALID_ARGUMENT if the shapes differ or are not [B,3,H,W]; the AlexNet trunk needs H, W >= 63.
   /// Gradients flow to the inputs unless the caller holds a torch::NoGradGuard.
   torch::Tensor distance_map(const torch::Tensor& in0, const torch::Tensor& in1) const;
+  /// The same for items that share references: D(refs[ref_of_item[i]], others[i]) for refs [U,3,H,W] and others [B,3,H,W]
+  /// (one trunk pass over the U + B images, so a reference compared with many images is processed once).
+  /// ASD_ERR_INVALID_ARGUMENT for mismatched sizes or an index out of range.
+  torch::Tensor distance_map(const torch::Tensor& refs, const std::vector<int64_t>& ref_of_item, const torch::Tensor& others) const;
 
   /// The per-layer weights w_l as [1,C_l,1,1] tensors (for inspection and tests).
   const std::vector<torch::Tensor>& layer_weights() const { return lin_; }

@@ -125,6 +125,28 @@ TrainingBatch draw_batch(const std::vector<CategoryShots>& data, int64_t batch_s
   return batch;
 }
 
+WindowedBatch window_batch(const TrainingBatch& b, std::mt19937_64& rng, const TrainingMaskOptions& mo, const WindowOptions& wo, bool draw_masks) {
+  const int64_t B = b.images.size(0), H = b.images.size(2), W = b.images.size(3);
+  const int64_t P = wo.inpaint_size > 0 ? wo.inpaint_size : H, Pw = wo.inpaint_size > 0 ? wo.inpaint_size : W;
+  const torch::ScalarType dtype = b.images.scalar_type();
+  WindowedBatch out;
+  if (!draw_masks && wo.full()) {
+    out.images = resample_image(b.images.to(torch::kFloat32), P, Pw).to(dtype);
+    return out;
+  }
+  std::vector<torch::Tensor> images, masks;
+  for (int64_t i = 0; i < B; ++i) {
+    const TrainingMask m = sample_training_mask(MaskIntegral(b.foregrounds[i]), rng, mo);
+    const Window w = window_for(m.rect, H, W, wo);
+    const torch::Tensor x = b.images.narrow(0, i, 1);
+    images.push_back(resample_image(crop(x.to(torch::kFloat32), w), P, Pw).to(dtype));
+    masks.push_back(resample_mask(crop(rect_mask(m.rect, H, W).unsqueeze(0).to(x.device()), w), P, Pw).to(dtype));
+  }
+  out.images = torch::cat(images);
+  out.masks = torch::cat(masks);
+  return out;
+}
+
 UNetFinetuner::UNetFinetuner(SdComponents& components, std::vector<CategoryShots> data, const FinetuneOptions& options)
     : c_(components),
       data_((check_data(data), std::move(data))),
@@ -140,8 +162,10 @@ UNetFinetuner::UNetFinetuner(SdComponents& components, std::vector<CategoryShots
     d.foregrounds = d.foregrounds.to(c_.device, c_.dtype);
   }
   const int64_t f = c_.vae_scale_factor();
-  require(data_[0].images.size(2) % f == 0 && data_[0].images.size(3) % f == 0,
-          "image size must be a multiple of the VAE factor " + std::to_string(f));
+  const int64_t P = options.windows.inpaint_size;
+  require(P > 0 || options.windows.full(), "windows (context >= 0) need an inpaint_size > 0");
+  require(P > 0 ? P % f == 0 : data_[0].images.size(2) % f == 0 && data_[0].images.size(3) % f == 0,
+          "the inpainting size must be a multiple of the VAE factor " + std::to_string(f));
 }
 
 double UNetFinetuner::step() {
@@ -154,17 +178,17 @@ double UNetFinetuner::step() {
   for (int64_t micro = 0; micro < options_.gradient_accumulation; ++micro) {
     const int64_t index = steps_done_ * options_.gradient_accumulation + micro;
     StepRandom r(options_.seed, index, 1);
-    TrainingBatch b = draw_batch(data_, options_.batch_size, index, options_.augment, r.generator, r.rng);
+    const TrainingBatch drawn = draw_batch(data_, options_.batch_size, index, options_.augment, r.generator, r.rng);
+    // Masks and their windows first, then one prompt per sample (the order of the random draws is part of resume).
+    const WindowedBatch b = window_batch(drawn, r.rng, options_.masks, options_.windows, /*draw_masks=*/true);
     const int64_t B = options_.batch_size, H = b.images.size(2), W = b.images.size(3);
     const int64_t h = H / c_.vae_scale_factor(), w = W / c_.vae_scale_factor();
-    std::vector<torch::Tensor> masks, contexts;
+    std::vector<torch::Tensor> contexts;
     for (int64_t i = 0; i < B; ++i) {
-      const TrainingMask m = sample_training_mask(MaskIntegral(b.foregrounds[i]), r.rng, options_.masks);
-      masks.push_back(rect_mask(m.rect, H, W));
-      const torch::Tensor& prompts = prompt_embeddings_[static_cast<size_t>(b.categories[i])];
+      const torch::Tensor& prompts = prompt_embeddings_[static_cast<size_t>(drawn.categories[i])];
       contexts.push_back(prompts[std::uniform_int_distribution<int64_t>(0, prompts.size(0) - 1)(r.rng)]);
     }
-    const torch::Tensor m = torch::stack(masks).to(c_.device, c_.dtype);
+    const torch::Tensor m = b.masks.to(c_.device, c_.dtype);
     const torch::Tensor context = torch::stack(contexts);
     torch::Tensor loss;
     {
@@ -239,7 +263,9 @@ double DecoderFinetuner::step() {
   for (int64_t micro = 0; micro < options_.gradient_accumulation; ++micro) {
     const int64_t index = steps_done_ * options_.gradient_accumulation + micro;
     StepRandom r(options_.seed, index, 2);
-    const TrainingBatch b = draw_batch(data_, options_.batch_size, index, options_.augment, r.generator, r.rng);
+    // The decoder sees what inference decodes: windows around training masks (full context: whole images).
+    const WindowedBatch b = window_batch(draw_batch(data_, options_.batch_size, index, options_.augment, r.generator, r.rng), r.rng, options_.masks,
+                                         options_.windows, /*draw_masks=*/false);
     torch::Tensor loss;
     {
       AutocastGuard autocast(c_.device, options_.mixed_precision);
@@ -271,10 +297,13 @@ double DecoderFinetuner::step() {
   return total;
 }
 
-double latent_scaling_factor(SdComponents& c, const std::vector<CategoryShots>& data) {
+double latent_scaling_factor(SdComponents& c, const std::vector<CategoryShots>& data, int64_t inpaint_size) {
   torch::NoGradGuard no_grad;
   std::vector<torch::Tensor> latents;
-  for (const CategoryShots& d : data) latents.push_back(c.vae->encode(d.images.to(c.device, c.dtype)).first.flatten());
+  for (const CategoryShots& d : data) {
+    const torch::Tensor x = inpaint_size > 0 ? resample_image(d.images.to(torch::kFloat32), inpaint_size, inpaint_size) : d.images;
+    latents.push_back(c.vae->encode(x.to(c.device, c.dtype)).first.flatten());
+  }
   const double std = torch::cat(latents).to(torch::kFloat64).std().item<double>();
   require(std > 0 && std::isfinite(std), "latent_scaling_factor: latents have zero or non-finite spread");
   return 1.0 / std;

@@ -15,6 +15,7 @@
 #include "io/tensor_map.h"
 #include "pipeline/sd_pipeline.h"
 #include "pipeline/training_masks.h"
+#include "pipeline/windows.h"
 
 namespace asd::pipeline {
 
@@ -43,6 +44,10 @@ struct FinetuneOptions {
   MixedPrecision mixed_precision = MixedPrecision::kNone;
   AugmentOptions augment;
   TrainingMaskOptions masks;
+  /// Fine-tuning sees what inference asks (multi-resolution scoring): the shots come at the analysis resolution,
+  /// each training mask gets the window inference would give it (pipeline/windows.h), and the window is resampled
+  /// to windows.inpaint_size. Full context: the whole shot, resampled to inpaint_size (0: as given).
+  WindowOptions windows;
 };
 
 /// Draws a training batch: images of every category in turn (sample i of a step comes from category
@@ -55,6 +60,17 @@ struct TrainingBatch {
 };
 TrainingBatch draw_batch(const std::vector<CategoryShots>& data, int64_t batch_size, int64_t step, const AugmentOptions& augment,
                          torch::Generator& generator, std::mt19937_64& rng);
+
+/// Training samples at the inpainting resolution: for each image of `batch` (at the shots' resolution) a training
+/// mask (eq. 7-8's IoU-accepted rectangle, drawn at that resolution), its inference window (windows.h) and the
+/// window's crop of image and mask, resampled to windows.inpaint_size (image: bilinear; mask: any coverage).
+/// With `draw_masks` false and full context no rectangle is drawn: the whole images, resampled (decoder losses).
+struct WindowedBatch {
+  torch::Tensor images;  ///< [B, 3, P, P]
+  torch::Tensor masks;   ///< [B, 1, P, P] in {0, 1} (undefined without masks)
+};
+WindowedBatch window_batch(const TrainingBatch& batch, std::mt19937_64& rng, const TrainingMaskOptions& masks, const WindowOptions& windows,
+                           bool draw_masks);
 
 /// UNet fine-tuning, eq. 7-8: z = s·E(x), z° = s·E((1 - m) ⊙ x), m the IoU-accepted rectangle, m̃ its
 /// latent-size downsample, t ~ U{0..T-1}, z_t = sqrt(ᾱ_t) z + sqrt(1 - ᾱ_t) ε, prediction
@@ -114,7 +130,8 @@ class DecoderFinetuner {
   int64_t steps_done_ = 0;
 };
 
-/// 1 / std of s=1 latents of the shots (the rule that gave SD its 0.18215), for a VAE trained from scratch.
-double latent_scaling_factor(SdComponents& components, const std::vector<CategoryShots>& data);
+/// 1 / std of s=1 latents of the shots resampled to `inpaint_size` (0: as given) (the rule that gave SD its 0.18215),
+/// for a VAE trained from scratch.
+double latent_scaling_factor(SdComponents& components, const std::vector<CategoryShots>& data, int64_t inpaint_size = 0);
 
 }  // namespace asd::pipeline

@@ -119,39 +119,93 @@ torch::Tensor average_prompt_embedding(SdComponents& c, const torch::Tensor& tok
   return c.text_encoder->forward(token_ids.to(c.device)).mean(0, /*keepdim=*/true);
 }
 
-torch::Tensor inpaint(SdComponents& c, const torch::Tensor& image, const torch::Tensor& masks, const torch::Tensor& text_embedding,
-                      const InpaintOptions& o, const std::function<void(int64_t, int64_t)>& progress) {
-  check_inputs(c, image, masks, o);
+namespace {
+
+/// Checks crops [U, 3, H, W], crop_of_mask (M entries in [0, U)) and masks [M, 1, H, W] against each other.
+void check_crops(const SdComponents& c, const torch::Tensor& crops, const std::vector<int64_t>& crop_of_mask, const torch::Tensor& masks,
+                 const InpaintOptions& o) {
+  require(crops.dim() == 4 && crops.size(0) >= 1, [&] {
+    std::ostringstream s;
+    s << "inpaint: crops must be [U >= 1, 3, H, W], got " << crops.sizes();
+    return s.str();
+  });
+  check_inputs(c, crops[0], masks, o);
+  require(static_cast<int64_t>(crop_of_mask.size()) == masks.size(0), "inpaint: one crop index per mask is needed");
+  for (int64_t u : crop_of_mask) require(u >= 0 && u < crops.size(0), "inpaint: a crop index is out of range");
+}
+
+/// The denoising timesteps of λ (diffusers' strength rule). Zero steps is an error: every "inpainting" would be the
+/// autoencoder's reconstruction while the caller believes it asked for λ (diffusers refuses this too).
+std::vector<int64_t> denoising_steps(schedulers::DDIMScheduler& scheduler, const InpaintOptions& o) {
+  const torch::Tensor timesteps = schedulers::timesteps_for_strength(scheduler.set_timesteps(o.num_inference_steps), o.noise_strength);
+  if (timesteps.numel() == 0) {
+    std::ostringstream s;
+    s << "noise_strength " << o.noise_strength << " of num_inference_steps " << o.num_inference_steps
+      << " leaves 0 denoising steps (int(steps x strength) must be >= 1): use noise_strength >= " << 1.0 / static_cast<double>(o.num_inference_steps)
+      << " or more steps";
+    throw_error(ASD_ERR_INVALID_ARGUMENT, s.str());
+  }
+  return std::vector<int64_t>(timesteps.data_ptr<int64_t>(), timesteps.data_ptr<int64_t>() + timesteps.numel());
+}
+
+/// z_T̃ of eq. 11: add_noise(z, ε, t_start), or pure noise ε · init_noise_sigma (= 1 for DDIM) when λ = 1, as
+/// diffusers' inpainting pipeline does (`is_strength_max`): at t = 981 add_noise would still keep 7.6 % of z.
+torch::Tensor start_latents(const schedulers::DDIMScheduler& scheduler, const torch::Tensor& z, const torch::Tensor& noise, int64_t t_start,
+                            const InpaintOptions& o) {
+  if (o.noise_strength >= 1.0) return noise.clone();
+  return scheduler.add_noise(z, noise, torch::tensor({t_start}, torch::kInt64));
+}
+
+}  // namespace
+
+torch::Tensor inpaint_crops(SdComponents& c, const torch::Tensor& crops, const std::vector<int64_t>& crop_of_mask, const torch::Tensor& masks,
+                            const torch::Tensor& text_embedding, const InpaintOptions& o, const std::function<void(int64_t, int64_t)>& progress) {
+  check_crops(c, crops, crop_of_mask, masks, o);
   require(text_embedding.dim() == 3 && text_embedding.size(0) == 1, "inpaint: text_embedding must be [1, L, D]");
   c10::InferenceMode inference;  // no autograd bookkeeping at all in the loop
-  const int64_t M = masks.size(0), H = image.size(1), W = image.size(2);
+  const int64_t M = masks.size(0), H = crops.size(2), W = crops.size(3);
   const int64_t h = H / c.vae_scale_factor(), w = W / c.vae_scale_factor();
-  const torch::Tensor x = image.unsqueeze(0).to(c.device, c.dtype);
+  const torch::Tensor x_all = crops.to(c.device, c.dtype);
   const torch::Tensor all_masks = (masks > 0.5).to(c.device, c.dtype);
   const torch::Tensor context = text_embedding.to(c.device, c.dtype);
 
   schedulers::DDIMScheduler scheduler(c.scheduler);
-  const torch::Tensor timesteps = schedulers::timesteps_for_strength(scheduler.set_timesteps(o.num_inference_steps), o.noise_strength);
-  const std::vector<int64_t> steps(timesteps.data_ptr<int64_t>(), timesteps.data_ptr<int64_t>() + timesteps.numel());
+  const std::vector<int64_t> steps = denoising_steps(scheduler, o);
 
-  const torch::Tensor z = encode_latents(c, x);  // [1, 4, h, w], once per image
+  // z = s·E(x_u), once per distinct crop (with full-image windows: once per image), computed when first needed.
+  std::vector<torch::Tensor> z_of_crop(static_cast<size_t>(crops.size(0)));
+  auto latents_of = [&](int64_t first, int64_t count) {
+    std::vector<int64_t> missing;
+    for (int64_t i = first; i < first + count; ++i) {
+      const int64_t u = crop_of_mask[static_cast<size_t>(i)];
+      if (!z_of_crop[static_cast<size_t>(u)].defined() && std::find(missing.begin(), missing.end(), u) == missing.end()) missing.push_back(u);
+    }
+    if (!missing.empty()) {
+      const torch::Tensor z = encode_latents(c, x_all.index_select(0, torch::tensor(missing, torch::kInt64).to(c.device)));
+      for (size_t k = 0; k < missing.size(); ++k) z_of_crop[static_cast<size_t>(missing[k])] = z.narrow(0, static_cast<int64_t>(k), 1);
+    }
+    std::vector<torch::Tensor> z;
+    for (int64_t i = first; i < first + count; ++i) z.push_back(z_of_crop[static_cast<size_t>(crop_of_mask[static_cast<size_t>(i)])]);
+    return z;
+  };
+
   torch::Tensor out = torch::empty({M, 3, H, W}, torch::kFloat32);
-  if (steps.empty()) {  // λ = 0: nothing is re-noised; every "inpainting" is the reconstruction D(E(x))
-    out.copy_(decode_latents(c, z).expand({M, 3, H, W}));
-    return out;
-  }
-
   int64_t batch = o.batch_size > 0 ? std::min(o.batch_size, M) : choose_batch_size(c, H, W, M);
   int64_t done = 0;
   while (done < M) {
     const int64_t b = std::min(batch, M - done);
     try {
+      const std::vector<torch::Tensor> z_list = latents_of(done, b);
+      // One crop for the whole batch (full-image windows): broadcast it, as the single-image loop always did.
+      const bool one_crop = std::all_of(z_list.begin(), z_list.end(), [&](const torch::Tensor& t) { return t.is_same(z_list.front()); });
+      const torch::Tensor z = one_crop ? z_list.front().expand({b, -1, -1, -1}) : torch::cat(z_list, 0);
+      std::vector<int64_t> idx(crop_of_mask.begin() + done, crop_of_mask.begin() + done + b);
+      const torch::Tensor x = one_crop ? x_all.narrow(0, idx.front(), 1) : x_all.index_select(0, torch::tensor(idx, torch::kInt64).to(c.device));
       const torch::Tensor m = all_masks.narrow(0, done, b);
       const torch::Tensor masked_latents = encode_latents(c, x * (1 - m));
       const torch::Tensor m_small = torch::nn::functional::interpolate(
           m, torch::nn::functional::InterpolateFuncOptions().size(std::vector<int64_t>{h, w}).mode(torch::kNearest));
-      torch::Tensor z_t = scheduler.add_noise(z.expand({b, -1, -1, -1}), mask_noise(c, o, done, b, h, w),
-                                              torch::tensor({steps.front()}, torch::kInt64));
+      torch::Tensor z_t = start_latents(scheduler, z, mask_noise(c, o, done, b, h, w), steps.front(), o);
       torch::Tensor unet_input = kernels::mask_concat(z_t, masked_latents, m_small);
       for (int64_t t : steps) {
         // context [1, L, D] is shared by the batch: cross-attention keys/values once per step, not per mask.
@@ -173,37 +227,46 @@ torch::Tensor inpaint(SdComponents& c, const torch::Tensor& image, const torch::
   return out;
 }
 
-torch::Tensor inpaint_naive(SdComponents& c, const torch::Tensor& image, const torch::Tensor& masks, const torch::Tensor& token_ids,
-                            const InpaintOptions& o) {
-  check_inputs(c, image, masks, o);
+torch::Tensor inpaint(SdComponents& c, const torch::Tensor& image, const torch::Tensor& masks, const torch::Tensor& text_embedding,
+                      const InpaintOptions& o, const std::function<void(int64_t, int64_t)>& progress) {
+  require(image.dim() == 3, "inpaint: image must be [3, H, W]");
+  return inpaint_crops(c, image.unsqueeze(0), std::vector<int64_t>(static_cast<size_t>(masks.dim() == 4 ? masks.size(0) : 0), 0), masks,
+                       text_embedding, o, progress);
+}
+
+torch::Tensor inpaint_naive_crops(SdComponents& c, const torch::Tensor& crops, const std::vector<int64_t>& crop_of_mask, const torch::Tensor& masks,
+                                  const torch::Tensor& token_ids, const InpaintOptions& o) {
+  check_crops(c, crops, crop_of_mask, masks, o);
   torch::NoGradGuard no_grad;
-  const int64_t M = masks.size(0), H = image.size(1), W = image.size(2);
+  const int64_t M = masks.size(0), H = crops.size(2), W = crops.size(3);
   const int64_t h = H / c.vae_scale_factor(), w = W / c.vae_scale_factor();
   torch::Tensor out = torch::empty({M, 3, H, W}, torch::kFloat32);
   for (int64_t i = 0; i < M; ++i) {
     // Everything recomputed per mask, as a one-mask-per-call port of the diffusers pipeline would.
     const torch::Tensor context = average_prompt_embedding(c, token_ids);
-    const torch::Tensor x = image.unsqueeze(0).to(c.device, c.dtype);
+    const torch::Tensor x = crops.narrow(0, crop_of_mask[static_cast<size_t>(i)], 1).to(c.device, c.dtype);
     const torch::Tensor m = (masks.narrow(0, i, 1) > 0.5).to(c.device, c.dtype);
     const torch::Tensor z = encode_latents(c, x);
     schedulers::DDIMScheduler scheduler(c.scheduler);
-    const torch::Tensor timesteps = schedulers::timesteps_for_strength(scheduler.set_timesteps(o.num_inference_steps), o.noise_strength);
-    if (timesteps.numel() == 0) {
-      out.narrow(0, i, 1).copy_(decode_latents(c, z));
-      continue;
-    }
+    const std::vector<int64_t> timesteps = denoising_steps(scheduler, o);
     const torch::Tensor masked_latents = encode_latents(c, x * (1 - m));
     const torch::Tensor m_small = torch::nn::functional::interpolate(
         m, torch::nn::functional::InterpolateFuncOptions().size(std::vector<int64_t>{h, w}).mode(torch::kNearest));
-    torch::Tensor z_t = scheduler.add_noise(z, mask_noise(c, o, i, 1, h, w), timesteps.narrow(0, 0, 1));
-    for (int64_t k = 0; k < timesteps.numel(); ++k) {
-      const int64_t t = timesteps[k].item<int64_t>();
+    torch::Tensor z_t = start_latents(scheduler, z, mask_noise(c, o, i, 1, h, w), timesteps.front(), o);
+    for (int64_t t : timesteps) {
       const torch::Tensor eps = c.unet->forward(torch::cat({z_t, masked_latents, m_small}, 1), torch::tensor({t}, torch::kInt64), context);
       z_t = scheduler.step(eps, t, z_t);
     }
     out.narrow(0, i, 1).copy_(decode_latents(c, z_t));
   }
   return out;
+}
+
+torch::Tensor inpaint_naive(SdComponents& c, const torch::Tensor& image, const torch::Tensor& masks, const torch::Tensor& token_ids,
+                            const InpaintOptions& o) {
+  require(image.dim() == 3, "inpaint: image must be [3, H, W]");
+  return inpaint_naive_crops(c, image.unsqueeze(0), std::vector<int64_t>(static_cast<size_t>(masks.dim() == 4 ? masks.size(0) : 0), 0), masks,
+                             token_ids, o);
 }
 
 }  // namespace asd::pipeline

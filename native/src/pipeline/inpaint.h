@@ -6,6 +6,7 @@
 //   z°_i = s * mean(E((1 - m_i) ⊙ x)),  m̃_i = nearest-downsample(m_i) to the latent size
 //   timesteps = DDIM(num_inference_steps)[t_start:]   (strength rule, t_start = N - min(int(N·λ), N))
 //   z_T̃,i = add_noise(z, ε_i, timesteps[0]),          ε_i ~ N(0, I) from a generator seeded (seed, i)
+//                                                     (λ = 1: z_T̃,i = ε_i, pure noise, as diffusers' is_strength_max)
 //   for t in timesteps: z_i = DDIM.step(UNet([z_i; z°_i; m̃_i], t, c), t, z_i)
 //   x̂_i = clamp(D(z_i / s), -1, 1)
 // The posterior MEAN is used for E(·) (no sampling): inpaintings depend only on the seeded ε_i, and a
@@ -14,6 +15,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <vector>
 
 #include <torch/torch.h>
 
@@ -62,10 +64,22 @@ torch::Tensor average_prompt_embedding(SdComponents& c, const torch::Tensor& tok
 torch::Tensor inpaint(SdComponents& c, const torch::Tensor& image, const torch::Tensor& masks, const torch::Tensor& text_embedding,
                       const InpaintOptions& options, const std::function<void(int64_t, int64_t)>& progress = {});
 
+/// The same loop over window crops (multi-resolution scoring, pipeline/windows.h): crops [U, 3, H, W] in [-1, 1];
+/// mask i ([M, 1, H, W]) applies to crop crop_of_mask[i] (in [0, U)). E(crop) is computed once per distinct crop
+/// that the masks use. With one crop this is exactly `inpaint` (which calls it).
+/// Errors as `inpaint`, plus ASD_ERR_INVALID_ARGUMENT for a crop index out of range, and for options that leave
+/// zero denoising steps (int(num_inference_steps · noise_strength) < 1), with the minimum λ in the message.
+torch::Tensor inpaint_crops(SdComponents& c, const torch::Tensor& crops, const std::vector<int64_t>& crop_of_mask, const torch::Tensor& masks,
+                            const torch::Tensor& text_embedding, const InpaintOptions& options,
+                            const std::function<void(int64_t, int64_t)>& progress = {});
+
 /// The same result computed as a direct port would: one mask at a time, recomputing E(x) and the prompt
 /// embedding (from token_ids [P, 77]) for every mask and concatenating the UNet input with torch::cat each
 /// step. For the benchmark's `naive` mode and as a reference in tests.
 torch::Tensor inpaint_naive(SdComponents& c, const torch::Tensor& image, const torch::Tensor& masks, const torch::Tensor& token_ids,
                             const InpaintOptions& options);
+/// inpaint_naive over window crops (as inpaint_crops).
+torch::Tensor inpaint_naive_crops(SdComponents& c, const torch::Tensor& crops, const std::vector<int64_t>& crop_of_mask, const torch::Tensor& masks,
+                                  const torch::Tensor& token_ids, const InpaintOptions& options);
 
 }  // namespace asd::pipeline

@@ -10,9 +10,15 @@ namespace asd {
 
 namespace F = torch::nn::functional;
 
-torch::Tensor prototype_features(const torch::Tensor& layer2, const torch::Tensor& layer3) {
-  require(layer2.dim() == 4 && layer3.dim() == 4 && layer2.size(0) == layer3.size(0),
+torch::Tensor prototype_features(const torch::Tensor& layer2_in, const torch::Tensor& layer3_in, int64_t aggregation) {
+  require(layer2_in.dim() == 4 && layer3_in.dim() == 4 && layer2_in.size(0) == layer3_in.size(0),
           "prototype_features: layer2 and layer3 must be [B,C,H,W] with the same batch size");
+  require(aggregation >= 1 && aggregation % 2 == 1, [&] { return "prototype_features: aggregation must be odd and >= 1, got " + std::to_string(aggregation); });
+  auto aggregate = [aggregation](const torch::Tensor& f) {
+    if (aggregation == 1) return f;
+    return F::avg_pool2d(f, F::AvgPool2dFuncOptions(aggregation).stride(1).padding(aggregation / 2).count_include_pad(true));
+  };
+  const torch::Tensor layer2 = aggregate(layer2_in), layer3 = aggregate(layer3_in);
   const torch::Tensor up = F::interpolate(layer3, F::InterpolateFuncOptions()
                                                       .size(std::vector<int64_t>{layer2.size(2), layer2.size(3)})
                                                       .mode(torch::kBilinear)
@@ -20,11 +26,11 @@ torch::Tensor prototype_features(const torch::Tensor& layer2, const torch::Tenso
   return torch::cat({layer2, up.to(layer2.scalar_type())}, 1);
 }
 
-torch::Tensor prototype_features(ResNet18Impl& net, const torch::Tensor& rgb01) {
+torch::Tensor prototype_features(ResNet18Impl& net, const torch::Tensor& rgb01, int64_t aggregation) {
   torch::NoGradGuard no_grad;
   const torch::Device device = net.parameters().front().device();
   const ResNetFeatures f = net.features_from_rgb01(rgb01.to(device, torch::kFloat32), /*last_stage=*/3);
-  return prototype_features(f.layer2, f.layer3);
+  return prototype_features(f.layer2, f.layer3, aggregation);
 }
 
 int64_t chunk_rows_for(int64_t bank_rows, int64_t max_bytes) {
@@ -68,6 +74,7 @@ PrototypeBank::PrototypeBank(std::string backbone, std::vector<int64_t> feature_
     channels_ += d;
   }
   require(options_.max_chunk_bytes > 0, "PrototypeBank: max_chunk_bytes must be positive");
+  require(options_.aggregation >= 1 && options_.aggregation % 2 == 1, "PrototypeBank: aggregation must be odd and >= 1");
   require(!options_.rotations_deg.empty(), "PrototypeBank: rotations_deg is empty (use {0} for no augmentation)");
   for (int64_t a : options_.rotations_deg) {
     require(a % 90 == 0, "PrototypeBank: rotation " + std::to_string(a) + " degrees is not a multiple of 90");
@@ -167,7 +174,8 @@ void PrototypeBank::save(const std::string& path) const {
                      {"backbone", backbone_},
                      {"feature_dims", join(feature_dims_)},
                      {"channels", std::to_string(channels_)},
-                     {"rotations_deg", join(options_.rotations_deg)}});
+                     {"rotations_deg", join(options_.rotations_deg)},
+                     {"aggregation", std::to_string(options_.aggregation)}});
 }
 
 PrototypeBank PrototypeBank::load(const std::string& path, torch::Device device, PrototypeBankOptions options) {
@@ -178,6 +186,8 @@ PrototypeBank PrototypeBank::load(const std::string& path, torch::Device device,
     return it->second;
   };
   options.rotations_deg = split_ints(meta("rotations_deg"), "rotations_deg", path);
+  auto aggregation = header.metadata.find("aggregation");  // absent in banks written before local aggregation existed
+  options.aggregation = aggregation == header.metadata.end() ? 1 : split_ints(aggregation->second, "aggregation", path).at(0);
   PrototypeBank bank(meta("backbone"), split_ints(meta("feature_dims"), "feature_dims", path), options, device);
   if (std::to_string(bank.channels()) != meta("channels")) {
     throw_error(ASD_ERR_FORMAT, "'" + path + "': metadata channels " + meta("channels") + " != sum of feature_dims " + std::to_string(bank.channels()));

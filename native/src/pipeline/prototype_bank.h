@@ -22,11 +22,14 @@
 namespace asd {
 
 /// eq. 12 from already computed features: layer2 [B,C2,H',W'] and layer3 [B,C3,h,w] -> [B,C2+C3,H',W']
-/// (layer3 upsampled bilinearly, align_corners=false, to H'xW'). ASD_ERR_INVALID_ARGUMENT on bad shapes.
-torch::Tensor prototype_features(const torch::Tensor& layer2, const torch::Tensor& layer3);
+/// (layer3 upsampled bilinearly, align_corners=false, to H'xW'). `aggregation` k > 1: PatchCore's local
+/// aggregation first, each layer averaged over k x k neighbours (avg_pool2d, stride 1, padding k/2, zero padding
+/// counted, as torch.nn.AvgPool2d(k, 1, k // 2) in PatchCore/anomalib); k must be odd and >= 1 (1 = off).
+/// ASD_ERR_INVALID_ARGUMENT on bad shapes or k.
+torch::Tensor prototype_features(const torch::Tensor& layer2, const torch::Tensor& layer3, int64_t aggregation = 1);
 /// eq. 12 with a ResNet18: rgb01 [B,3,H,W] float RGB in [0,1] -> [B,384,H/8,W/8] (ceil for torchvision
 /// padding; onnx_export padding needs H, W multiples of 16), on the net's device, computed without gradients.
-torch::Tensor prototype_features(ResNet18Impl& net, const torch::Tensor& rgb01);
+torch::Tensor prototype_features(ResNet18Impl& net, const torch::Tensor& rgb01, int64_t aggregation = 1);
 
 /// Largest default size of the temporary [chunk_rows, bank_rows] float32 distance block: 256 MiB.
 constexpr int64_t kDefaultMaxChunkBytes = int64_t{256} << 20;
@@ -50,6 +53,9 @@ struct PrototypeBankOptions {
   std::vector<int64_t> rotations_deg{0, 90, 180, 270};
   /// Bound on the temporary distance block of error_map (see min_squared_distance).
   int64_t max_chunk_bytes = kDefaultMaxChunkBytes;
+  /// PatchCore's local aggregation size the bank's features were made with (prototype_features); test features
+  /// must use the same. Saved with the bank (files without it: 1).
+  int64_t aggregation = 1;
 };
 
 /// Images rgb01 [B,3,H,W] (float RGB in [0,1]) -> psi [B,C,H',W'] (e.g. prototype_features with a ResNet18).

@@ -40,6 +40,13 @@ public sealed record EngineInfo(
     /// <summary>Resets the peak-memory counter of <paramref name="device"/> ("cpu": peak RSS; "cuda[:N]": allocator peak).</summary>
     public static void ResetPeakMemory(string device) => AsdException.Check(NativeMethods.asd_peak_memory_reset(device));
 
+    /// <summary>The device's GEMM throughput in GFLOP/s, measured now (best of 5 products of two n x n matrices in <paramref name="dtype"/>).</summary>
+    public static double GemmPeakGflops(string device, AsdDtype dtype = AsdDtype.F32, int n = 2048)
+    {
+        AsdException.Check(NativeMethods.asd_gemm_peak_gflops(device, dtype, n, out double gflops));
+        return gflops;
+    }
+
     /// <summary>Peak memory in bytes since the last reset (see <see cref="ResetPeakMemory"/>).</summary>
     public static long PeakMemory(string device)
     {

@@ -28,18 +28,21 @@ public sealed record EvaluationResult(IReadOnlyList<CategoryMetrics> Categories,
 
 /// <summary>
 /// Scores every test image of each category and computes image AUROC / AP / F1-max, pixel AUROC / F1-max and PRO
-/// (FPR limit 0.3). Maps and ground truth are compared at the model resolution (masks resized with nearest
-/// neighbour). Unreadable images and masks of the wrong size are reported with their path, skipped and counted;
-/// the shots used for fitting are excluded from the test split.
+/// (FPR limit 0.3). Images are scored at the analysis resolution (<c>meta.AnalysisSize</c>); maps and ground truth are
+/// compared at the evaluation resolution <paramref name="evalSize"/> (0 = each image's original size): the smoothed map
+/// is resized bilinearly, the mask is resized with nearest neighbour from its original file. Unreadable images and
+/// masks of the wrong size are reported with their path, skipped and counted; the shots used for fitting are excluded
+/// from the test split.
 /// </summary>
 public static class Evaluation
 {
     public static EvaluationResult Run(InpaintingModel model, CheckpointMetadata meta, IDataset dataset, IReadOnlyList<string> categories,
-                                       DetectorOptions options, ILogger log, Action<string, int, int>? progress = null, int? maxImagesPerCategory = null)
+                                       DetectorOptions options, ILogger log, Action<string, int, int>? progress = null, int? maxImagesPerCategory = null,
+                                       int? evalSize = null)
     {
         var total = Stopwatch.StartNew();
         var detector = new AnomalyDetector(model, options);
-        int size = meta.ImageSize;
+        int size = meta.AnalysisSize, eval = evalSize ?? meta.EvalSize;
         var results = new List<CategoryMetrics>();
         var skipped = new List<string>();
         var scored = new Dictionary<string, IReadOnlyList<ScoredSample>>();
@@ -67,11 +70,12 @@ public static class Evaluation
             {
                 RgbImage image;
                 BinaryMask? gt = null;
+                int w, h;
                 try
                 {
-                    var (w, h) = ImageIO.Identify(sample.ImagePath);
+                    (w, h) = ImageIO.Identify(sample.ImagePath);
                     image = ImageIO.LoadRgb(sample.ImagePath, size);
-                    if (sample.MaskPath is not null) gt = ImageIO.LoadMask(sample.MaskPath, size, w, h);
+                    if (sample.MaskPath is not null) gt = ImageIO.LoadMask(sample.MaskPath, eval, w, h);
                     else if (sample.IsAnomalous) log.LogWarning("{Path}: anomalous image without a ground-truth mask; pixel metrics treat it as all-normal", sample.ImagePath);
                 }
                 catch (ImageLoadException e)
@@ -83,24 +87,28 @@ public static class Evaluation
                 }
                 var score = detector.Score(category, image, prompts.NoiseStrength);
                 images.Add(new ScoredSample(sample, score.Score));
+                // Report cases show the analysis-resolution map with the ground truth at that resolution.
+                BinaryMask? CaseMask() => sample.MaskPath is null ? null : ImageIO.LoadMask(sample.MaskPath, size, w, h);
                 if (sample.IsAnomalous)
                 {
-                    if (best is null || score.Score > best.Score) best = new ReportCase("best_detected", sample, score.Score, score.SmoothedMap, gt, image);
-                    if (missed is null || score.Score < missed.Score) missed = new ReportCase("worst_missed", sample, score.Score, score.SmoothedMap, gt, image);
+                    if (best is null || score.Score > best.Score) best = new ReportCase("best_detected", sample, score.Score, score.SmoothedMap, CaseMask(), image);
+                    if (missed is null || score.Score < missed.Score) missed = new ReportCase("worst_missed", sample, score.Score, score.SmoothedMap, CaseMask(), image);
                 }
                 else
                 {
-                    if (falseAlarm is null || score.Score > falseAlarm.Score) falseAlarm = new ReportCase("worst_false_alarm", sample, score.Score, score.SmoothedMap, gt, image);
+                    if (falseAlarm is null || score.Score > falseAlarm.Score) falseAlarm = new ReportCase("worst_false_alarm", sample, score.Score, score.SmoothedMap, CaseMask(), image);
                     if (normalsForRestoration.Count < 4) normalsForRestoration.Add(image);
                 }
-                var mask = gt?.Data ?? new byte[size * size];
-                var map = Array.ConvertAll(score.SmoothedMap.Data, v => (float)v);
+                int eh = eval > 0 ? eval : h, ew = eval > 0 ? eval : w;
+                var mask = gt?.Data ?? new byte[eh * ew];
+                var evalMap = score.SmoothedMap.Height == eh && score.SmoothedMap.Width == ew ? score.SmoothedMap : AnomalyDetector.Bilinear(score.SmoothedMap, eh, ew);
+                var map = Array.ConvertAll(evalMap.Data, v => (float)v);
                 imageAuroc.Update([score.Score], [sample.IsAnomalous ? 1 : 0]);
                 ap.Update([score.Score], [sample.IsAnomalous ? 1 : 0]);
                 f1.Update([score.Score], [sample.IsAnomalous ? 1 : 0]);
                 pixelAuroc.Update(map, mask);
                 pixelF1.Update(map, mask);
-                pro.Update(map, mask, size, size);
+                pro.Update(map, mask, eh, ew);
                 progress?.Invoke($"eval {category}", ++done, tests.Count);
             }
             var m = new CategoryMetrics(category, images.Count, skippedHere, Safe(imageAuroc.Compute), Safe(ap.Compute), Safe(f1.Compute),

@@ -13,35 +13,79 @@ namespace AnomalySD.Pipeline;
 /// <param name="Model">"compact" (trained from scratch) or a diffusers SD inpainting folder.</param>
 /// <param name="Shots">K normal images per category, 0..; 0 = no fine-tuning, no prototype bank.</param>
 /// <param name="ShotSeed">null: the first K in sorted order; else a seeded random choice.</param>
-/// <param name="ImageSize">Model resolution in pixels (0 = 64 for compact, 512 for SD); a multiple of 32.</param>
+/// <param name="ImageSize">Inpainting resolution P in pixels (0 = 64 for compact, 512 for SD); a multiple of 32.</param>
 /// <param name="UnetSteps">UNet fine-tuning steps (eq. 8).</param>
 /// <param name="DecoderSteps">Decoder fine-tuning steps (eq. 9-10; SD models).</param>
 /// <param name="AutoencoderSteps">Autoencoder steps from scratch (compact only).</param>
 /// <param name="MixedPrecision">Autocast precision of the training forward passes (Bf16: CPU or CUDA; Fp16: CUDA); weights stay F32.</param>
+/// <param name="AnalysisSize">Analysis resolution A (0 = 256 compact, 512 SD; a multiple of 32): shots, foregrounds and the
+/// prototype banks live there, and training windows are cut from it (<see cref="Resolutions"/>).</param>
+/// <param name="WindowContext">Inpainting window context (null = <see cref="Resolutions.DefaultWindowContext"/>).</param>
+/// <param name="EvalSize">Evaluation resolution recorded as the checkpoint's default (null = 256; 0 = original size).</param>
+/// <param name="FeatureAggregation">PatchCore local aggregation of prototype features (null = the default; 1 = off, odd k).</param>
 public sealed record FitOptions(
     string Model = "compact", int Shots = 1, int? ShotSeed = null, int ImageSize = 0, int UnetSteps = 300, int DecoderSteps = 100,
     int AutoencoderSteps = 300, int BatchSize = 8, double LearningRate = 1e-4, ulong Seed = 0, string Device = "cpu",
     AsdDtypeName Dtype = AsdDtypeName.F32, DistanceKind Distance = DistanceKind.Resnet18Uniform, string? AlexNetPath = null,
     string? LpipsPath = null, string? ResNet18Path = null, string? PromptsPath = null, string? ForegroundMasksDir = null,
-    MixedPrecisionMode MixedPrecision = MixedPrecisionMode.No)
+    MixedPrecisionMode MixedPrecision = MixedPrecisionMode.No, int AnalysisSize = 0, WindowContext? WindowContext = null, int? EvalSize = null,
+    int? FeatureAggregation = null)
 {
     public bool IsCompact => string.Equals(Model, "compact", StringComparison.OrdinalIgnoreCase);
-    public int ResolvedImageSize => ImageSize > 0 ? ImageSize : IsCompact ? 64 : 512;
+    public int ResolvedImageSize => ImageSize > 0 ? ImageSize : Resolutions.DefaultInpaintSize(IsCompact);
+    public int ResolvedAnalysisSize => AnalysisSize > 0 ? AnalysisSize : Resolutions.DefaultAnalysisSize(IsCompact);
+    public WindowContext ResolvedWindowContext => WindowContext ?? Resolutions.DefaultWindowContext;
+    public int ResolvedEvalSize => EvalSize ?? Resolutions.DefaultEvalSize;
+    public int ResolvedFeatureAggregation => FeatureAggregation ?? Resolutions.DefaultFeatureAggregation;
+
+    /// <exception cref="ArgumentException">a size or option out of range, naming it.</exception>
+    public void Validate()
+    {
+        if (ResolvedImageSize % 32 != 0) throw new ArgumentException($"image size {ResolvedImageSize} must be a multiple of 32");
+        if (ResolvedAnalysisSize % 32 != 0 || ResolvedAnalysisSize < 64) throw new ArgumentException($"analysis size {ResolvedAnalysisSize} must be a multiple of 32, at least 64");
+        if (ResolvedEvalSize < 0) throw new ArgumentException($"eval size {ResolvedEvalSize} must be >= 0 (0 = original size)");
+        if (ResolvedFeatureAggregation < 1 || ResolvedFeatureAggregation % 2 == 0)
+            throw new ArgumentException($"feature aggregation {ResolvedFeatureAggregation} must be odd and >= 1 (1 = off, 3 = PatchCore)");
+    }
 }
+
+/// <summary>Where the scoring backbones come from (null ResNet18 path: the build's).</summary>
+public sealed record ScoringBackbones(string? ResNet18Path = null, DistanceKind Distance = DistanceKind.Resnet18Uniform, string? AlexNetPath = null,
+                                      string? LpipsPath = null);
 
 /// <summary>Model dtypes a user can pick.</summary>
 public enum AsdDtypeName { F32, F16, BF16 }
 
 /// <summary>What a checkpoint records besides weights: categories with their prompts and λ, resolution, options.</summary>
+/// <param name="ImageSize">The inpainting resolution P.</param>
 public sealed record CheckpointMetadata(int ImageSize, string ModelSource, int Shots, string Distance, IReadOnlyList<CategoryPrompts> Categories,
                                         IReadOnlyDictionary<string, IReadOnlyList<string>> ShotPaths, string Tokenizer)
 {
+    private readonly int _analysisSize;
+    private readonly int? _evalSize;
+
     /// <summary>The fit options the checkpoint was trained with (steps, batch size, learning rate, seed, precision...), as JSON; null if unknown.</summary>
     public JsonObject? FitOptions { get; init; }
+
+    /// <summary>Analysis resolution A (<see cref="Resolutions"/>); checkpoints written before it existed: the inpainting resolution.</summary>
+    public int AnalysisSize { get => _analysisSize > 0 ? _analysisSize : ImageSize; init => _analysisSize = value; }
+
+    /// <summary>Default evaluation resolution (0 = original size); older checkpoints: the inpainting resolution, as they were evaluated.</summary>
+    public int EvalSize { get => _evalSize ?? ImageSize; init => _evalSize = value; }
+
+    /// <summary>Inpainting window context; older checkpoints: full (the paper's, as they were scored).</summary>
+    public WindowContext WindowContext { get; init; } = WindowContext.Full;
+
+    /// <summary>PatchCore local aggregation the prototype banks were built with (1 = off).</summary>
+    public int FeatureAggregation { get; init; } = 1;
 
     public JsonObject ToJson() => new()
     {
         ["image_size"] = ImageSize,
+        ["analysis_size"] = AnalysisSize,
+        ["eval_size"] = EvalSize,
+        ["window_context"] = WindowContext.ToString(),
+        ["feature_aggregation"] = FeatureAggregation,
         ["model_source"] = ModelSource,
         ["shots"] = Shots,
         ["distance"] = Distance,
@@ -74,11 +118,15 @@ public sealed record CheckpointMetadata(int ImageSize, string ModelSource, int S
                 c["noise_strength"]!.GetValue<double>(), c["object_type"]?.GetValue<string>() == "texture" ? ObjectType.Texture : ObjectType.Object, false));
             shots[name] = c["shot_paths"]?.AsArray().Select(p => p!.GetValue<string>()).ToList() ?? [];
         }
-        return new CheckpointMetadata(j["image_size"]!.GetValue<int>(), j["model_source"]?.GetValue<string>() ?? "", j["shots"]?.GetValue<int>() ?? 0,
+        var meta = new CheckpointMetadata(j["image_size"]!.GetValue<int>(), j["model_source"]?.GetValue<string>() ?? "", j["shots"]?.GetValue<int>() ?? 0,
             j["distance"]?.GetValue<string>() ?? "resnet18_uniform", categories, shots, j["tokenizer"]?.GetValue<string>() ?? "hash")
         {
             FitOptions = j["fit_options"]?.DeepClone() as JsonObject,
+            AnalysisSize = j["analysis_size"]?.GetValue<int>() ?? 0,
+            WindowContext = j["window_context"] is JsonNode w ? Pipeline.WindowContext.Parse(w.GetValue<string>()) : Pipeline.WindowContext.Full,
+            FeatureAggregation = j["feature_aggregation"]?.GetValue<int>() ?? 1,
         };
+        return j["eval_size"] is JsonNode e ? meta with { EvalSize = e.GetValue<int>() } : meta;
     }
 }
 
@@ -104,9 +152,10 @@ public static class Fitting
     public static (InpaintingModel Model, CheckpointMetadata Metadata) Fit(IDataset dataset, IReadOnlyList<string> categories, FitOptions o,
                                                                            ILogger log, Action<string, int, int>? progress = null)
     {
-        if (o.ResolvedImageSize % 32 != 0) throw new ArgumentException($"image size {o.ResolvedImageSize} must be a multiple of 32");
+        o.Validate();
         var catalog = o.PromptsPath is null ? PromptCatalog.BuiltIn() : PromptCatalog.Load(o.PromptsPath);
-        int size = o.ResolvedImageSize;
+        int size = o.ResolvedAnalysisSize; // shots, foregrounds and banks live at the analysis resolution
+        var window = o.ResolvedWindowContext;
         var model = o.IsCompact
             ? InpaintingModel.CreateCompact(o.Seed, o.Device)
             : InpaintingModel.Load(o.Model, o.Device, o.Dtype switch { AsdDtypeName.F16 => Native.AsdDtype.F16, AsdDtypeName.BF16 => Native.AsdDtype.BF16, _ => Native.AsdDtype.F32 });
@@ -132,10 +181,12 @@ public static class Fitting
             }
 
             // Scoring backbones first: the decoder loss (eq. 10) uses the same perceptual distance.
-            ConfigureScoring(model, o.ResNet18Path, o.Distance, o.AlexNetPath, o.LpipsPath);
+            ConfigureScoring(model, new ScoringBackbones(o.ResNet18Path, o.Distance, o.AlexNetPath, o.LpipsPath), o.ResolvedFeatureAggregation);
             if (o.Shots > 0)
             {
-                var options = new TrainerOptions(o.BatchSize, 1, o.LearningRate, o.Seed, MixedPrecision: o.MixedPrecision);
+                // Training windows: what inference will inpaint, resampled to the inpainting resolution.
+                var options = new TrainerOptions(o.BatchSize, 1, o.LearningRate, o.Seed, MixedPrecision: o.MixedPrecision,
+                                                 WindowContext: window.ForEngine, InpaintSize: o.ResolvedImageSize);
                 if (o.IsCompact)
                     Train(model, TrainerKind.Autoencoder, options with { LearningRate = Math.Max(o.LearningRate, 1e-3) }, o.AutoencoderSteps,
                           categories, shotImages, foregrounds, prompts, tokenizer, log, progress);
@@ -151,10 +202,14 @@ public static class Fitting
 
             foreach (var p in prompts) model.SetCategory(p.Category, tokenizer.EncodePadded(p.All), tokenizer.MaxLength);
             foreach (string category in categories) model.AddPrototypes(category, shotImages[category]);
-            var metadata = new CheckpointMetadata(size, o.IsCompact ? "compact" : Path.GetFullPath(o.Model), o.Shots,
+            var metadata = new CheckpointMetadata(o.ResolvedImageSize, o.IsCompact ? "compact" : Path.GetFullPath(o.Model), o.Shots,
                 o.Distance == DistanceKind.LpipsAlex ? "lpips_alex" : "resnet18_uniform", prompts, shotPaths, tokenizerKind)
             {
                 FitOptions = JsonSerializer.SerializeToNode(o, FitOptionsJson) as JsonObject,
+                AnalysisSize = size,
+                EvalSize = o.ResolvedEvalSize,
+                WindowContext = window,
+                FeatureAggregation = o.ResolvedFeatureAggregation,
             };
             return (model, metadata);
         }
@@ -167,11 +222,11 @@ public static class Fitting
 
     /// <summary>Configures the scoring backbones, finding the build's ResNet18 when no path is given.</summary>
     /// <exception cref="FileNotFoundException">no ResNet18 weights were found.</exception>
-    public static void ConfigureScoring(InpaintingModel model, string? resnet18, DistanceKind distance, string? alexnet, string? lpips)
+    public static void ConfigureScoring(InpaintingModel model, ScoringBackbones backbones, int featureAggregation = 1)
     {
-        string path = resnet18 ?? ScoringOptions.DefaultResNet18Path()
+        string path = backbones.ResNet18Path ?? ScoringOptions.DefaultResNet18Path()
             ?? throw new FileNotFoundException("ResNet18 weights (resnet18_imagenet.safetensors) not found: run ./build.sh, or pass --resnet18 / set ANOMALYSD_RESNET18");
-        model.ConfigureScoring(new ScoringOptions(path, distance, alexnet, lpips));
+        model.ConfigureScoring(new ScoringOptions(path, backbones.Distance, backbones.AlexNetPath, backbones.LpipsPath, FeatureAggregation: featureAggregation));
     }
 
     private static BinaryMask ForegroundFor(Sample s, RgbImage image, ObjectType type, string? userMasks, int size)

@@ -63,6 +63,9 @@ public static class Visuals
 /// <summary>Writes results.json, report.md, ROC curve PNGs and heatmap overlays of the best and worst cases.</summary>
 public static class ReportWriter
 {
+    /// <summary>Writes the report into <paramref name="outDir"/>. Every file is written atomically (<see cref="AtomicFile"/>), the
+    /// figures first and results.json and report.md last, so a failure never leaves a truncated file or a report.md that
+    /// points at missing figures.</summary>
     public static void Write(string outDir, EvaluationResult result, JsonObject run)
     {
         Directory.CreateDirectory(outDir);
@@ -80,7 +83,6 @@ public static class ReportWriter
                     ["inpaint_mse"] = Num(kv.Value.InpaintMse), ["blur_fill_mse"] = Num(kv.Value.BlurFillMse),
                 }))),
         };
-        WriteAtomically(Path.Combine(outDir, "results.json"), json.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
 
         var md = new StringBuilder();
         md.AppendLine("# AnomalySD evaluation").AppendLine();
@@ -114,11 +116,12 @@ public static class ReportWriter
                 int scale = Math.Max(1, 256 / Math.Max(1, pick.Image.Width)); // small model resolutions are enlarged to be readable
                 if (scale > 1)
                     overlay.Mutate(x => x.Resize(pick.Image.Width * scale, pick.Image.Height * scale, SixLabors.ImageSharp.Processing.KnownResamplers.NearestNeighbor));
-                overlay.SaveAsPng(Path.Combine(outDir, file));
+                AtomicFile.Write(Path.Combine(outDir, file), s => overlay.SaveAsPng(s));
                 md.AppendLine($"- {pick.Label}: `{pick.Sample.ImagePath}` score {pick.Score:G4} ({(pick.Sample.IsAnomalous ? "anomalous" : "normal")}) ![{pick.Label}]({file})");
             }
             md.AppendLine();
         }
+        WriteAtomically(Path.Combine(outDir, "results.json"), json.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
         WriteAtomically(Path.Combine(outDir, "report.md"), md.ToString());
     }
 
@@ -142,9 +145,8 @@ public static class ReportWriter
         plot.Title($"image ROC: {category}");
         plot.XLabel("false positive rate");
         plot.YLabel("true positive rate");
-        string tmp = path + ".tmp.png";
-        plot.SavePng(tmp, 480, 400);
-        File.Move(tmp, path, overwrite: true);
+        byte[] png = plot.GetImageBytes(480, 400, ScottPlot.ImageFormat.Png);
+        AtomicFile.Write(path, s => s.Write(png));
     }
 
     private static JsonObject Row(CategoryMetrics c) => new()
@@ -159,10 +161,5 @@ public static class ReportWriter
     private static string Sanitize(string s) => string.Concat(s.Select(ch => char.IsLetterOrDigit(ch) || ch is '-' or '_' ? ch : '_'));
 
     /// <summary>Writes text to a temporary sibling, then renames it over <paramref name="path"/>.</summary>
-    public static void WriteAtomically(string path, string text)
-    {
-        string tmp = $"{path}.tmp-{Environment.ProcessId}";
-        File.WriteAllText(tmp, text);
-        File.Move(tmp, path, overwrite: true);
-    }
+    public static void WriteAtomically(string path, string text) => AtomicFile.WriteText(path, text);
 }

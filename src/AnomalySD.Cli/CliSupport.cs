@@ -1,51 +1,8 @@
 using System.Text.Json;
 using System.Text.RegularExpressions;
-using CommandLine;
 using Microsoft.Extensions.Logging;
 
 namespace AnomalySD.Cli;
-
-/// <summary>Flags shared by the verbs that run the engine.</summary>
-public abstract class EngineOptions
-{
-    [Option("seed", Default = 0UL, HelpText = "Seed of every random choice (training batches, masks, inpainting noise).")]
-    public ulong Seed { get; set; } = 0UL;
-
-    [Option("device", Default = "cpu", HelpText = "cpu, cuda or cuda:N.")]
-    public string Device { get; set; } = "cpu";
-
-    [Option("config", HelpText = "JSON options file: keys are the long flag names (e.g. {\"shots\": 1}); flags on the command line win.")]
-    public string? Config { get; set; }
-
-    [Option("threads", HelpText = "CPU threads for libtorch (default: all hardware threads).")]
-    public int? Threads { get; set; }
-
-    [Option("verbose", HelpText = "Debug logging (and stack traces of internal errors).")]
-    public bool Verbose { get; set; }
-
-    /// <summary>Checks the flags' values; throws ArgumentException naming the flag. Runs before any work.</summary>
-    public virtual void Validate() { }
-
-    protected static void Require(bool condition, string message)
-    {
-        if (!condition) throw new ArgumentException(message);
-    }
-
-    /// <summary>Parses a comma-separated list of grid scales (positive integers, no repeats).</summary>
-    public static IReadOnlyList<int> ParseScales(string text)
-    {
-        var items = text.Split(',', StringSplitOptions.TrimEntries);
-        var scales = new List<int>();
-        foreach (string item in items)
-        {
-            if (!int.TryParse(item, out int k) || k < 1)
-                throw new ArgumentException($"--scales '{text}': '{item}' is not a positive integer (example: 1,2,4,8)");
-            scales.Add(k);
-        }
-        if (scales.Distinct().Count() != scales.Count) throw new ArgumentException($"--scales '{text}': a scale is repeated");
-        return scales;
-    }
-}
 
 /// <summary>Logging, progress and the options file.</summary>
 public static class CliSupport

@@ -1,0 +1,221 @@
+using AnomalySD.Engine;
+using AnomalySD.Pipeline;
+using CommandLine;
+
+namespace AnomalySD.Cli;
+
+/// <summary>Flags of every verb that runs the engine. <see cref="Validate"/> checks every value before any work starts.</summary>
+public abstract class EngineFlags
+{
+    [Option("seed", Default = 0UL, HelpText = "Seed of every random choice (training batches, masks, inpainting noise).")]
+    public ulong Seed { get; set; } = 0UL;
+
+    [Option("device", Default = "cpu", HelpText = "cpu, cuda or cuda:N.")]
+    public string Device { get; set; } = "cpu";
+
+    [Option("config", HelpText = "JSON options file: keys are the long flag names (e.g. {\"shots\": 1}); flags on the command line win.")]
+    public string? Config { get; set; }
+
+    [Option("threads", HelpText = "CPU threads for libtorch (default: all hardware threads).")]
+    public int? Threads { get; set; }
+
+    [Option("verbose", HelpText = "Debug logging (and stack traces of internal errors).")]
+    public bool Verbose { get; set; }
+
+    /// <summary>Checks the flags' values; throws ArgumentException naming the flag. Runs before any work.</summary>
+    public virtual void Validate()
+    {
+        Require(Threads is null or >= 1, $"--threads must be >= 1, got {Threads}");
+        Require(Device == "cpu" || Device == "cuda" || System.Text.RegularExpressions.Regex.IsMatch(Device, @"^cuda:\d{1,4}$"),
+                $"--device '{Device}' must be cpu, cuda or cuda:N");
+    }
+
+    protected static void Require(bool condition, string message)
+    {
+        if (!condition) throw new ArgumentException(message);
+    }
+
+    /// <summary>Parses a comma-separated list of grid scales (positive integers, no repeats).</summary>
+    public static IReadOnlyList<int> ParseScales(string text)
+    {
+        var scales = new List<int>();
+        foreach (string item in text.Split(',', StringSplitOptions.TrimEntries))
+        {
+            if (!int.TryParse(item, out int k) || k < 1)
+                throw new ArgumentException($"--scales '{text}': '{item}' is not a positive integer (example: 1,2,4,8)");
+            scales.Add(k);
+        }
+        if (scales.Distinct().Count() != scales.Count) throw new ArgumentException($"--scales '{text}': a scale is repeated");
+        return scales;
+    }
+}
+
+/// <summary>Flags of the verbs that fit or load a model: scoring backbones and the analysis resolution and windows.</summary>
+public abstract class ModelFlags : EngineFlags
+{
+    [Option("resnet18", HelpText = "ResNet18 weights (default: the build's resnet18_imagenet.safetensors).")]
+    public string? ResNet18 { get; set; }
+
+    [Option("alexnet", HelpText = "torchvision AlexNet weights (safetensors) for the LPIPS-AlexNet distance.")]
+    public string? AlexNet { get; set; }
+
+    [Option("lpips", HelpText = "LPIPS v0.1 linear weights (safetensors), e.g. alex_v0.1.safetensors.")]
+    public string? Lpips { get; set; }
+
+    [Option("analysis-size", HelpText = "Analysis resolution: where the prototype error map, the distances and the anomaly map are computed (default 256 compact, 512 SD; with a checkpoint: its own).")]
+    public int? AnalysisSize { get; set; }
+
+    [Option("window-context", HelpText = "Inpainting windows: context margin per side as a fraction of the mask's box side (e.g. 0.5), or 'full' (the whole image, the paper's). Default: 0.5; with a checkpoint: its own.")]
+    public string? WindowContext { get; set; }
+
+    public WindowContext? ParsedWindowContext => WindowContext is null ? null : Pipeline.WindowContext.Parse(WindowContext);
+
+    public override void Validate()
+    {
+        base.Validate();
+        Require(AnalysisSize is null || (AnalysisSize >= 64 && AnalysisSize % 32 == 0), $"--analysis-size must be a multiple of 32, at least 64, got {AnalysisSize}");
+        _ = ParsedWindowContext;
+    }
+
+    public ScoringBackbones Backbones(DistanceKind distance = DistanceKind.Resnet18Uniform) => new(ResNet18, distance, AlexNet, Lpips);
+}
+
+/// <summary>Flags of scoring (eval, detect). Unset flags take the checkpoint's or the paper's values.</summary>
+public abstract class ScoringFlags : ModelFlags
+{
+    [Option("masks", HelpText = "Full (multi-scale + prototype, default), MultiScale, or Prototype (E only, PatchCore-like baseline).")]
+    public MaskStrategy? Masks { get; set; }
+
+    [Option("scales", HelpText = "Grid scales k (default 1,2,4,8).")]
+    public string? Scales { get; set; }
+
+    [Option("num-inference-steps", HelpText = "DDIM schedule length (default 50).")]
+    public int? NumInferenceSteps { get; set; }
+
+    [Option("noise-strength", HelpText = "λ for every category (default: each category's value from the prompt file).")]
+    public double? NoiseStrength { get; set; }
+
+    [Option("inpaint-batch", HelpText = "Masks per UNet batch (default 0: from available memory).")]
+    public int? InpaintBatch { get; set; }
+
+    /// <summary>The scoring flags given on the command line, by name (a fit rejects them).</summary>
+    protected IEnumerable<string> GivenScoringFlags()
+    {
+        if (Masks is not null) yield return "--masks";
+        if (Scales is not null) yield return "--scales";
+        if (NumInferenceSteps is not null) yield return "--num-inference-steps";
+        if (NoiseStrength is not null) yield return "--noise-strength";
+        if (InpaintBatch is not null) yield return "--inpaint-batch";
+    }
+
+    public override void Validate()
+    {
+        base.Validate();
+        if (Scales is not null) ParseScales(Scales);
+        int steps = NumInferenceSteps ?? 50;
+        Require(steps >= 1, $"--num-inference-steps must be >= 1, got {steps}");
+        Require(NoiseStrength is null || NoiseStrength is >= 0 and <= 1, $"--noise-strength must be in [0, 1], got {NoiseStrength}");
+        if (NoiseStrength is double lambda)
+            Require((int)(steps * lambda) >= 1, $"--noise-strength {lambda} of --num-inference-steps {steps} leaves 0 denoising steps: use --noise-strength >= {1.0 / steps:G4} or more steps");
+        Require(InpaintBatch is null or >= 0, $"--inpaint-batch must be >= 0, got {InpaintBatch}");
+    }
+
+    /// <summary>The library's scoring request, by name.</summary>
+    public ScoringRequest ToRequest(int? evalSize = null) => new(
+        Masks: Masks ?? MaskStrategy.Full, Scales: Scales is null ? null : ParseScales(Scales), NumInferenceSteps: NumInferenceSteps ?? 50,
+        NoiseStrength: NoiseStrength, InpaintBatch: InpaintBatch ?? 0, Seed: Seed, AnalysisSize: AnalysisSize, WindowContext: ParsedWindowContext,
+        EvalSize: evalSize);
+}
+
+/// <summary>Flags of fitting (also accepted by eval, which fits first when no --checkpoint is given).</summary>
+public abstract class FitFlags : ScoringFlags
+{
+    [Option("data", HelpText = "Dataset folder: MVTec AD layout, VisA (split_csv/1cls.csv) or plain (normal/, abnormal/, masks/).")]
+    public string? Data { get; set; }
+
+    [Option("categories", HelpText = "Comma-separated categories (default: all of the dataset).")]
+    public string? Categories { get; set; }
+
+    [Option("shots", Default = 1, HelpText = "K normal images per category (0-4 in the paper); 0 = no fine-tuning.")]
+    public int Shots { get; set; } = 1;
+
+    [Option("shot-seed", HelpText = "Pick the shots at random with this seed (default: the first K in sorted order).")]
+    public int? ShotSeed { get; set; }
+
+    [Option("model", Default = "compact", HelpText = "'compact' (small model trained from scratch) or a diffusers SD inpainting folder.")]
+    public string Model { get; set; } = "compact";
+
+    [Option("image-size", Default = 0, HelpText = "Inpainting resolution: what the model runs at (0: 64 for compact, 512 for SD); a multiple of 32.")]
+    public int ImageSize { get; set; } = 0;
+
+    [Option("eval-size", HelpText = "Evaluation resolution: maps meet the ground truth at this size (default 256; 0 = each image's original size).")]
+    public int? EvalSize { get; set; }
+
+    [Option("feature-aggregation", HelpText = "PatchCore's local aggregation of prototype features: k x k neighbourhood average (odd k; 1 = off). Default: 1.")]
+    public int? FeatureAggregation { get; set; }
+
+    [Option("unet-steps", Default = 300, HelpText = "UNet fine-tuning steps (eq. 8).")]
+    public int UnetSteps { get; set; } = 300;
+
+    [Option("decoder-steps", Default = 100, HelpText = "Decoder fine-tuning steps (eq. 9-10, SD models).")]
+    public int DecoderSteps { get; set; } = 100;
+
+    [Option("autoencoder-steps", Default = 300, HelpText = "Autoencoder training steps from scratch (compact only).")]
+    public int AutoencoderSteps { get; set; } = 300;
+
+    [Option("batch-size", Default = 8, HelpText = "Training batch size.")]
+    public int BatchSize { get; set; } = 8;
+
+    [Option("lr", Default = 1e-4, HelpText = "Adam learning rate (compact raises it to at least 5e-4 for the UNet, 1e-3 for the autoencoder).")]
+    public double LearningRate { get; set; } = 1e-4;
+
+    [Option("dtype", Default = AsdDtypeName.F32, HelpText = "Weights dtype of an SD model: F32, F16, BF16.")]
+    public AsdDtypeName Dtype { get; set; } = AsdDtypeName.F32;
+
+    [Option("mixed-precision", Default = MixedPrecisionMode.No, HelpText = "Training forward passes in No (fp32), Bf16 (CPU or CUDA) or Fp16 (CUDA, with loss scaling); needs --dtype F32.")]
+    public MixedPrecisionMode MixedPrecision { get; set; } = MixedPrecisionMode.No;
+
+    [Option("distance", Default = DistanceKind.Resnet18Uniform, HelpText = "Perceptual distance: LpipsAlex (needs --alexnet, --lpips) or Resnet18Uniform.")]
+    public DistanceKind Distance { get; set; } = DistanceKind.Resnet18Uniform;
+
+    [Option("prompts", HelpText = "Prompt file (JSON) replacing the built-in one.")]
+    public string? Prompts { get; set; }
+
+    [Option("foreground-masks", HelpText = "Folder of user foreground masks m_f, paired by stem (optionally per category sub-folder).")]
+    public string? ForegroundMasks { get; set; }
+
+    public override void Validate()
+    {
+        base.Validate();
+        Require(Shots >= 0, $"--shots must be >= 0, got {Shots}");
+        Require(ImageSize >= 0 && ImageSize % 32 == 0, $"--image-size must be a positive multiple of 32 (or 0 for the default), got {ImageSize}");
+        Require(EvalSize is null or >= 0, $"--eval-size must be >= 0 (0 = original size), got {EvalSize}");
+        Require(FeatureAggregation is null || (FeatureAggregation >= 1 && FeatureAggregation % 2 == 1), $"--feature-aggregation must be odd and >= 1 (1 = off, 3 = PatchCore), got {FeatureAggregation}");
+        Require(UnetSteps >= 0 && DecoderSteps >= 0 && AutoencoderSteps >= 0, "--unet-steps, --decoder-steps and --autoencoder-steps must be >= 0");
+        Require(BatchSize >= 1, $"--batch-size must be >= 1, got {BatchSize}");
+        Require(LearningRate > 0, $"--lr must be > 0, got {LearningRate}");
+        Require(MixedPrecision == MixedPrecisionMode.No || Dtype == AsdDtypeName.F32, $"--mixed-precision {MixedPrecision} keeps fp32 master weights: use --dtype F32, not {Dtype}");
+        Require(MixedPrecision != MixedPrecisionMode.Fp16 || Device.StartsWith("cuda", StringComparison.Ordinal), "--mixed-precision Fp16 needs --device cuda; use Bf16 on the CPU");
+        Require(Distance != DistanceKind.LpipsAlex || (AlexNet is not null && Lpips is not null), "--distance LpipsAlex needs --alexnet and --lpips");
+    }
+
+    /// <summary>The library's fit options, by name.</summary>
+    public FitOptions ToFitOptions() => new(
+        Model: Model, Shots: Shots, ShotSeed: ShotSeed, ImageSize: ImageSize, UnetSteps: UnetSteps, DecoderSteps: DecoderSteps,
+        AutoencoderSteps: AutoencoderSteps, BatchSize: BatchSize, LearningRate: LearningRate, Seed: Seed, Device: Device, Dtype: Dtype,
+        Distance: Distance, AlexNetPath: AlexNet, LpipsPath: Lpips, ResNet18Path: ResNet18, PromptsPath: Prompts, ForegroundMasksDir: ForegroundMasks,
+        MixedPrecision: MixedPrecision, AnalysisSize: AnalysisSize ?? 0, WindowContext: ParsedWindowContext, EvalSize: EvalSize,
+        FeatureAggregation: FeatureAggregation);
+
+    /// <summary>The categories named by --categories (all of the dataset when absent).</summary>
+    /// <exception cref="KeyNotFoundException">a category the dataset does not have.</exception>
+    public static IReadOnlyList<string> SelectCategories(string? list, AnomalySD.Data.IDataset dataset)
+    {
+        var wanted = CliSupport.SplitList(list);
+        if (wanted.Count == 0) return dataset.Categories;
+        foreach (string c in wanted)
+            if (!dataset.Categories.Contains(c))
+                throw new KeyNotFoundException($"unknown category '{c}' in '{dataset.Root}' (known: {string.Join(", ", dataset.Categories)})");
+        return wanted;
+    }
+}
