@@ -47,9 +47,31 @@ public static class NativeLibraryResolver
         return list.Distinct().ToList();
     }
 
+    /// <summary>The OpenMP wait policy set for the engine when the environment does not choose one.</summary>
+    public const string DefaultOmpWaitPolicy = "PASSIVE";
+
+    [DllImport("libc", EntryPoint = "setenv")]
+    private static extern int SetEnv(string name, string value, int overwrite);
+
+    /// <summary>
+    /// libtorch's OpenMP threads spin while they wait for work (OMP_WAIT_POLICY=ACTIVE behaviour), which is fastest on an
+    /// idle machine and pathological on a shared one: two engine processes on 2 cores spun against each other and one
+    /// detect took 14x longer. OpenMP reads its wait policy once, when it is loaded, and it is loaded with the engine, so
+    /// the policy is set here, before the engine library loads: PASSIVE (idle threads sleep) unless OMP_WAIT_POLICY or
+    /// GOMP_SPINCOUNT is already set. Measurements: README, "CPU threads".
+    /// </summary>
+    private static void SetOpenMpWaitPolicy()
+    {
+        if (OperatingSystem.IsWindows()) return; // MSVC's OpenMP runtime does not spin this way; nothing to set
+        if (Environment.GetEnvironmentVariable("OMP_WAIT_POLICY") is not null || Environment.GetEnvironmentVariable("GOMP_SPINCOUNT") is not null) return;
+        try { SetEnv("OMP_WAIT_POLICY", DefaultOmpWaitPolicy, 0); }
+        catch (Exception e) when (e is DllNotFoundException or EntryPointNotFoundException) { }
+    }
+
     private static IntPtr Resolve(string name, Assembly assembly, DllImportSearchPath? searchPath)
     {
         if (name != NativeMethods.Library) return IntPtr.Zero;
+        SetOpenMpWaitPolicy();
         var errors = new List<string>();
         foreach (string path in Candidates())
         {

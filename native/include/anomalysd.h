@@ -8,9 +8,19 @@
  *     accepts NULL. Output pointers are written only on success.
  *   - No C++ exception crosses this boundary: every entry point catches everything, std::bad_alloc and
  *     unknown exceptions included, and turns it into a status and a message.
- *   - Strings are UTF-8 and NUL-terminated. Strings returned through `const char**` stay valid as long as
- *     the object they come from (or, for free functions, for the life of the process).
- *   - Arrays cross as pointer + element count; shapes as int64_t arrays. Tensor data is row-major, dense.
+ *   - Strings are UTF-8 and NUL-terminated.
+ *   - Arrays cross as pointer + element count; shapes as int64_t arrays. Tensor data is row-major, dense. Input
+ *     buffers are read during the call only (copied when kept).
+ *   - Lifetimes: a trainer holds a reference to its model, so asd_model_free and asd_trainer_free may come in either
+ *     order; every other handle is independent of the others.
+ *   - Threads: different handles may be used from different threads at once. One handle must not be used by two
+ *     threads at once (a model's scoring calls update its caches and its info string; a trainer updates its
+ *     optimizer): serialise calls per handle, or give each thread (each device) its own model. A model and its
+ *     trainer count as one handle while the trainer runs. The process-wide calls (versions, devices, threads, seeds,
+ *     peak memory, live objects) may be called from any thread.
+ *   - Strings returned through `const char**` live as long as the object they come from and until the next call
+ *     on it that returns a string (asd_model_info), or, for functions without an object, for the life of the
+ *     process (versions); asd_last_error's until the next failing call on the same thread.
  */
 #ifndef ANOMALYSD_H
 #define ANOMALYSD_H

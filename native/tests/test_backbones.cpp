@@ -308,7 +308,12 @@ TEST(Prototype, ErrorMapMatchesBruteForceWithUnevenChunks) {
   }
   std::cout << "  error map vs double loop: max abs error " << worst << "\n";
   EXPECT_LE(worst, 1e-4);
-  EXPECT_TRUE(torch::equal(bank.error_map("screw", test[1]), e[1]));  // the unbatched form
+  // The unbatched form searches the same rows in other chunk shapes, so BLAS may pick other kernels (it does on AMD EPYC):
+  // equal within the float32 bound of min_squared_distance, eps x (||q - m||^2 + ||b - m||^2) ~ 1.2e-7 x 2 x 32 for these
+  // 16-channel N(0, 1) features, not bit for bit.
+  const double unbatched = asd::test::max_abs_error(bank.error_map("screw", test[1]), e[1]);
+  std::cout << "  batched vs unbatched error map: max abs difference " << unbatched << "\n";
+  EXPECT_LE(unbatched, 1e-4);
   try {
     bank.error_map("nut", test);
     ADD_FAILURE() << "unknown category should be rejected";

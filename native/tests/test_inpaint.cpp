@@ -83,13 +83,42 @@ TEST(Inpaint, BatchedEqualsNaiveReference) {
   EXPECT_LT(diff, 1e-4);
 }
 
-TEST(Inpaint, ZeroStrengthIsTheReconstruction) {
-  // λ = 0: init = min(int(N·0), N) = 0 steps run, so every output is D(E(x)) whatever the mask.
+TEST(Inpaint, ZeroDenoisingStepsIsAnError) {
+  // 15 steps x λ 0.05 = int(0.75) = 0 steps: every "inpainting" would silently be the VAE reconstruction, so it is refused
+  // before any work (diffusers refuses too), naming both values and the smallest λ that gives one step (1/15).
   Fixture f;
-  const auto out = inpaint(f.c, f.image, f.masks, average_prompt_embedding(f.c, f.tokens), f.options(10, 0.0));
-  torch::NoGradGuard ng;
-  const auto recon = f.c.vae->decode(f.c.vae->encode(f.image.unsqueeze(0)).first).clamp(-1, 1);
-  for (int64_t i = 0; i < 4; ++i) EXPECT_LT(asd::test::max_abs_error(out[i], recon[0]), 1e-6);
+  const auto ctx = average_prompt_embedding(f.c, f.tokens);
+  for (double strength : {0.05, 0.0}) {
+    try {
+      inpaint(f.c, f.image, f.masks, ctx, f.options(15, strength));
+      ADD_FAILURE() << "expected an error for strength " << strength;
+    } catch (const asd::Error& e) {
+      EXPECT_EQ(e.status(), ASD_ERR_INVALID_ARGUMENT);
+      const std::string m = e.what();
+      EXPECT_NE(m.find("num_inference_steps 15 leaves 0 denoising steps"), std::string::npos) << m;
+      EXPECT_NE(m.find("noise_strength >= 0.0666667"), std::string::npos) << m;
+    }
+  }
+  EXPECT_THROW(inpaint_naive(f.c, f.image, f.masks, f.tokens, f.options(15, 0.05)), asd::Error);
+  EXPECT_NO_THROW(inpaint(f.c, f.image, f.masks.narrow(0, 0, 1), ctx, f.options(15, 1.0 / 15 + 1e-9)));
+}
+
+TEST(Inpaint, FullStrengthStartsFromPureNoise) {
+  // λ = 1 starts from ε alone (diffusers' is_strength_max). Under a whole-image mask the masked image (1 - m) ⊙ x is 0 for
+  // any x, so an image and its negative must give the same inpainting; add_noise at t = 981 would keep sqrt(ᾱ) ≈ 7.6 %
+  // of each image's latents and make them differ.
+  Fixture f;
+  const auto ctx = average_prompt_embedding(f.c, f.tokens);
+  const auto whole = f.masks.narrow(0, 2, 1);
+  const auto a = inpaint(f.c, f.image, whole, ctx, f.options(10, 1.0));
+  const auto b = inpaint(f.c, -f.image, whole, ctx, f.options(10, 1.0));
+  EXPECT_TRUE(torch::equal(a, b)) << "max difference " << asd::test::max_abs_error(a, b);
+  const auto naive = inpaint_naive(f.c, -f.image, whole, f.tokens, f.options(10, 1.0));
+  EXPECT_LT(asd::test::max_abs_error(a, naive), 1e-5);
+  // Below 1 the image still shows through.
+  const auto c = inpaint(f.c, f.image, whole, ctx, f.options(10, 0.9));
+  const auto d = inpaint(f.c, -f.image, whole, ctx, f.options(10, 0.9));
+  EXPECT_GT(asd::test::max_abs_error(c, d), 1e-4);
 }
 
 TEST(Inpaint, RejectsBadInputs) {

@@ -30,7 +30,7 @@ public sealed class CliAndReportTests
         try
         {
             var args = CliSupport.ExpandConfig(["fit", "--config", path, "--lr", "-1"]);
-            string shots = CliSupport.WithConfigSource(Assert.Throws<ArgumentException>(() => new FitOptionsVerb { Shots = -1 }.Validate()).Message);
+            string shots = CliSupport.WithConfigSource(Assert.Throws<ArgumentException>(() => new FitVerb { Shots = -1 }.Validate()).Message);
             Assert.Equal($"--shots must be >= 0, got -1 (set in options file {path})", shots);
             // --lr came from the command line, not the file: its message is unchanged.
             Assert.Equal("--lr must be > 0, got -1", CliSupport.WithConfigSource("--lr must be > 0, got -1"));
@@ -74,7 +74,7 @@ public sealed class CliAndReportTests
         Console.SetError(stderr);
         try
         {
-            object? rc = typeof(BenchOptions).Assembly.EntryPoint!.Invoke(null, [args]);
+            object? rc = typeof(BenchVerb).Assembly.EntryPoint!.Invoke(null, [args]);
             return ((int)rc!, stdout.ToString(), stderr.ToString());
         }
         finally
@@ -87,18 +87,18 @@ public sealed class CliAndReportTests
     [Fact]
     public void FlagsAreValidatedBeforeAnyWork()
     {
-        Assert.Equal([1, 2, 4, 8], EngineOptions.ParseScales("1,2,4,8"));
-        Assert.Contains("'abc' is not a positive integer", Assert.Throws<ArgumentException>(() => EngineOptions.ParseScales("abc")).Message);
-        Assert.Contains("'' is not a positive integer", Assert.Throws<ArgumentException>(() => EngineOptions.ParseScales("1,,2")).Message);
-        Assert.Contains("repeated", Assert.Throws<ArgumentException>(() => EngineOptions.ParseScales("2,2")).Message);
-        Assert.Contains("--images must be >= 1", Assert.Throws<ArgumentException>(() => new BenchOptions { Images = 0 }.Validate()).Message);
-        Assert.Contains("--dtype F16 is not supported on the CPU", Assert.Throws<ArgumentException>(() => new BenchOptions { Dtype = "F16" }.Validate()).Message);
-        Assert.Contains("--shots must be >= 0", Assert.Throws<ArgumentException>(() => new FitOptionsVerb { Shots = -1 }.Validate()).Message);
-        Assert.Contains("--image-size must be a positive multiple of 32", Assert.Throws<ArgumentException>(() => new FitOptionsVerb { ImageSize = 50 }.Validate()).Message);
-        Assert.Contains("--lr must be > 0", Assert.Throws<ArgumentException>(() => new FitOptionsVerb { LearningRate = -1 }.Validate()).Message);
-        Assert.Contains("--noise-strength must be in [0, 1]", Assert.Throws<ArgumentException>(() => new EvalOptionsVerb { NoiseStrength = 2 }.Validate()).Message);
-        new EvalOptionsVerb().Validate(); // the defaults are valid
-        new BenchOptions().Validate();
+        Assert.Equal([1, 2, 4, 8], EngineFlags.ParseScales("1,2,4,8"));
+        Assert.Contains("'abc' is not a positive integer", Assert.Throws<ArgumentException>(() => EngineFlags.ParseScales("abc")).Message);
+        Assert.Contains("'' is not a positive integer", Assert.Throws<ArgumentException>(() => EngineFlags.ParseScales("1,,2")).Message);
+        Assert.Contains("repeated", Assert.Throws<ArgumentException>(() => EngineFlags.ParseScales("2,2")).Message);
+        Assert.Contains("--images must be >= 1", Assert.Throws<ArgumentException>(() => new BenchVerb { Images = 0 }.Validate()).Message);
+        Assert.Contains("--dtype F16 is not supported on the CPU", Assert.Throws<ArgumentException>(() => new BenchVerb { Dtype = "F16" }.Validate()).Message);
+        Assert.Contains("--shots must be >= 0", Assert.Throws<ArgumentException>(() => new FitVerb { Shots = -1 }.Validate()).Message);
+        Assert.Contains("--image-size must be a positive multiple of 32", Assert.Throws<ArgumentException>(() => new FitVerb { ImageSize = 50 }.Validate()).Message);
+        Assert.Contains("--lr must be > 0", Assert.Throws<ArgumentException>(() => new FitVerb { LearningRate = -1 }.Validate()).Message);
+        Assert.Contains("--noise-strength must be in [0, 1]", Assert.Throws<ArgumentException>(() => new EvalVerb { NoiseStrength = 2 }.Validate()).Message);
+        new EvalVerb().Validate(); // the defaults are valid
+        new BenchVerb().Validate();
     }
 
     [Fact]

@@ -11,7 +11,7 @@ public sealed class CliTests
     public void InfoPrintsLibtorchVersionAndThreads()
     {
         var output = new StringWriter();
-        Assert.Equal(0, InfoCommand.Run(new InfoOptions(), output));
+        Assert.Equal(0, InfoCommand.Run(new InfoVerb(), output));
         string text = output.ToString();
         var info = EngineInfo.Query();
         Assert.Contains($"libtorch           {info.TorchVersion}", text);

@@ -16,7 +16,7 @@ public sealed class EndToEndTests(ITestOutputHelper output) : IDisposable
 
     public void Dispose() => Directory.Delete(_dir, recursive: true);
 
-    private EvalOptionsVerb TinyEval(string outDir) => new()
+    private EvalVerb TinyEval(string outDir) => new()
     {
         Data = TestPaths.Shared("data"), Categories = "bottle,pcb", Shots = 1, Model = "compact", ImageSize = 64,
         UnetSteps = 10, AutoencoderSteps = 10, BatchSize = 4, LearningRate = 1e-4, Out = outDir, Seed = 5,
@@ -28,20 +28,20 @@ public sealed class EndToEndTests(ITestOutputHelper output) : IDisposable
     {
         // fit -> checkpoint -> eval from the checkpoint; then eval again: same scores (seeded, CPU-deterministic).
         string ckpt = Path.Combine(_dir, "model");
-        var fit = new FitOptionsVerb
+        var fit = new FitVerb
         {
             Data = TestPaths.Shared("data"), Categories = "bottle,pcb", Shots = 1, Model = "compact", ImageSize = 64,
             UnetSteps = 10, AutoencoderSteps = 10, BatchSize = 4, LearningRate = 1e-4, Out = ckpt, Seed = 5,
             MixedPrecision = MixedPrecisionMode.Bf16, // the CPU's mixed precision (fp16 autocast is CUDA only)
         };
-        Assert.Equal(0, FitEvalCommands.Fit(fit));
+        Assert.Equal(0, FitCommand.Run(fit));
         Assert.True(File.Exists(Path.Combine(ckpt, "anomalysd.json")));
         Assert.True(File.Exists(Path.Combine(ckpt, "prototype_banks.safetensors")));
 
         string report = Path.Combine(_dir, "report");
         var eval = TinyEval(report);
         eval.Checkpoint = ckpt;
-        Assert.Equal(0, FitEvalCommands.Eval(eval));
+        Assert.Equal(0, EvalCommand.Run(eval));
         var results = JsonNode.Parse(File.ReadAllText(Path.Combine(report, "results.json")))!.AsObject();
         foreach (string category in new[] { "bottle", "pcb" })
         {
@@ -65,7 +65,7 @@ public sealed class EndToEndTests(ITestOutputHelper output) : IDisposable
         string broken = Path.Combine(_dir, "broken.png");
         File.WriteAllText(broken, "not a png");
         var detectOut = new StringWriter();
-        int rc = BenchDetectCommands.Detect(new DetectOptions
+        int rc = DetectCommand.Run(new DetectVerb
         {
             Checkpoint = ckpt, Category = "bottle", Threshold = 0.0, Out = heat, Seed = 5,
             Inputs = [TestPaths.Shared("data/bottle/test/broken_large/000.png"), broken],
@@ -78,12 +78,17 @@ public sealed class EndToEndTests(ITestOutputHelper output) : IDisposable
         Assert.True(File.Exists(Path.Combine(heat, "000_heatmap.png")));
 
         // Same checkpoint, same seed: identical image scores.
-        using var model1 = FitEvalCommands.LoadCheckpoint(ckpt, "cpu", null, null, null, Microsoft.Extensions.Logging.Abstractions.NullLogger.Instance).Item1;
+        using var model1 = Checkpoints.Load(ckpt, "cpu", new ScoringBackbones(), Microsoft.Extensions.Logging.Abstractions.NullLogger.Instance).Model;
         var meta = CheckpointMetadata.FromJson(model1.Info()["metadata"] as JsonObject, ckpt);
         Assert.Equal("bf16", meta.FitOptions!["mixed_precision"]!.GetValue<string>()); // the options are in the checkpoint
         Assert.Equal(10, meta.FitOptions["unet_steps"]!.GetValue<int>());
-        var detector = new AnomalyDetector(model1, new DetectorOptions(Scales: [1, 2], Inpaint: new InpaintOptions(10, 0.4, 0, 5)));
-        var image = ImageIO.LoadRgb(TestPaths.Shared("data/bottle/test/broken_large/000.png"), meta.ImageSize);
+        // The resolutions and the window context round-trip through the checkpoint.
+        Assert.Equal((64, 256, 256, "0.5", 1), (meta.ImageSize, meta.AnalysisSize, meta.EvalSize, meta.WindowContext.ToString(), meta.FeatureAggregation));
+        var setup = Checkpoints.Resolve(meta, new ScoringRequest(Scales: [1, 2], NumInferenceSteps: 10, Seed: 5));
+        Assert.Equal(0.5, setup.Detector.Inpaint!.WindowContext);
+        Assert.Equal(64, setup.Detector.Inpaint.InpaintSize);
+        var detector = new AnomalyDetector(model1, setup.Detector);
+        var image = ImageIO.LoadRgb(TestPaths.Shared("data/bottle/test/broken_large/000.png"), meta.AnalysisSize);
         double a = detector.Score("bottle", image, 0.4).Score, b = detector.Score("bottle", image, 0.4).Score;
         Assert.Equal(a, b);
         Assert.True(a > 0);
@@ -97,7 +102,7 @@ public sealed class EndToEndTests(ITestOutputHelper output) : IDisposable
         eval.Masks = MaskStrategy.Prototype;
         eval.UnetSteps = 0;
         eval.AutoencoderSteps = 0;
-        Assert.Equal(0, FitEvalCommands.Eval(eval));
+        Assert.Equal(0, EvalCommand.Run(eval));
         var results = JsonNode.Parse(File.ReadAllText(Path.Combine(report, "results.json")))!.AsObject();
         Assert.Equal("Prototype", results["run"]!["masks"]!.GetValue<string>());
         Assert.InRange(results["categories"]!["bottle"]!["pixel_auroc"]!.GetValue<double>(), 0.0, 1.0);
@@ -123,7 +128,7 @@ public sealed class EndToEndTests(ITestOutputHelper output) : IDisposable
     {
         var eval = TinyEval(Path.Combine(_dir, "x"));
         eval.Categories = "bottle,carpet";
-        var e = Assert.Throws<KeyNotFoundException>(() => FitEvalCommands.Eval(eval));
+        var e = Assert.Throws<KeyNotFoundException>(() => EvalCommand.Run(eval));
         Assert.Contains("unknown category 'carpet'", e.Message);
 
         string bad = Path.Combine(_dir, "bad");

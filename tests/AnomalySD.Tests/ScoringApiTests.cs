@@ -18,7 +18,7 @@ public sealed class ScoringApiTests(ITestOutputHelper output) : IDisposable
     private static InpaintingModel ScoredModel()
     {
         var model = InpaintingModel.CreateCompact(1);
-        Fitting.ConfigureScoring(model, null, DistanceKind.Resnet18Uniform, null, null);
+        Fitting.ConfigureScoring(model, new ScoringBackbones());
         return model;
     }
 

@@ -38,6 +38,28 @@ void release(asd_model* model) {
   if (model != nullptr && model->references.fetch_sub(1) == 1) delete model;
 }
 
+namespace {
+template <typename T>
+torch::Tensor copy_buffer(const T* data, const std::vector<int64_t>& shape, const char* what, torch::ScalarType type) {
+  not_null(data, what);
+  int64_t count = 1;
+  for (int64_t d : shape) {
+    require(d > 0, [&] { return std::string(what) + ": every dimension must be > 0"; });
+    require(count <= (int64_t{1} << 40) / d, [&] { return std::string(what) + ": the shape is too large"; });
+    count *= d;
+  }
+  return torch::from_blob(const_cast<T*>(data), shape, type).clone();
+}
+}  // namespace
+
+torch::Tensor float_buffer(const float* data, const std::vector<int64_t>& shape, const char* what) {
+  return copy_buffer(data, shape, what, torch::kFloat32);
+}
+
+torch::Tensor int64_buffer(const int64_t* data, const std::vector<int64_t>& shape, const char* what) {
+  return copy_buffer(data, shape, what, torch::kInt64);
+}
+
 pipeline::WindowOptions to_window_options(const asd_inpaint_options& options) {
   require(std::isfinite(options.window_context), "window_context must be finite (< 0 = full image)");
   require(options.inpaint_size >= 0, "inpaint_size must be >= 0 (0 = the image's size)");
@@ -91,11 +113,6 @@ nlohmann::json parse_object(const char* json, const char* what) {
   return j;
 }
 
-torch::Tensor from_buffer(const float* data, std::vector<int64_t> shape, const char* what) {
-  not_null(data, what);
-  for (int64_t d : shape) asd::require(d > 0, std::string(what) + ": every dimension must be > 0");
-  return torch::from_blob(const_cast<float*>(data), shape, torch::kFloat32).clone();
-}
 
 torch::ScalarType model_dtype(asd_dtype dtype) {
   const auto t = asd::api::to_torch_dtype(dtype == ASD_DTYPE_AUTO ? ASD_DTYPE_F32 : dtype);
@@ -267,7 +284,7 @@ ASD_API asd_status asd_model_set_category(asd_model* model, const char* category
     const std::string name = not_null(category, "category");
     not_null(token_ids, "token_ids");
     asd::require(num_prompts >= 1 && length >= 1, "num_prompts and length must be >= 1");
-    const torch::Tensor ids = torch::from_blob(const_cast<int64_t*>(token_ids), {num_prompts, length}, torch::kInt64).clone();
+    const torch::Tensor ids = asd::api::int64_buffer(token_ids, {num_prompts, length}, "token_ids");
     model->conditions[name] = pl::average_prompt_embedding(model->components, ids);
     model->prompt_ids[name] = ids;
   });
@@ -295,8 +312,8 @@ ASD_API asd_status asd_model_inpaint(asd_model* model, const char* category, con
     const std::string name = not_null(category, "category");
     not_null(options, "options");
     not_null(out_images, "out_images");
-    const torch::Tensor x = from_buffer(image, {3, height, width}, "image");
-    const torch::Tensor m = from_buffer(masks, {num_masks, 1, height, width}, "masks");
+    const torch::Tensor x = asd::api::float_buffer(image, {3, height, width}, "image");
+    const torch::Tensor m = asd::api::float_buffer(masks, {num_masks, 1, height, width}, "masks");
     const pl::WindowedInpainting out = pl::inpaint_windows(model->components, x, m, asd::api::to_window_options(*options),
                                                            asd::api::inpaint_condition(*model, name, *options), asd::api::to_inpaint_options(*options),
                                                            nullptr, /*want_images=*/true);
@@ -346,11 +363,11 @@ ASD_API asd_status asd_trainer_add_category(asd_trainer* trainer, const char* ca
     asd::require(!trainer->unet && !trainer->decoder, "categories must be added before the first asd_trainer_run");
     pl::CategoryShots shots;
     shots.name = not_null(category, "category");
-    shots.images = from_buffer(images, {k, 3, height, width}, "images");
-    shots.foregrounds = foregrounds == nullptr ? torch::ones({k, 1, height, width}) : from_buffer(foregrounds, {k, 1, height, width}, "foregrounds");
+    shots.images = asd::api::float_buffer(images, {k, 3, height, width}, "images");
+    shots.foregrounds = foregrounds == nullptr ? torch::ones({k, 1, height, width}) : asd::api::float_buffer(foregrounds, {k, 1, height, width}, "foregrounds");
     not_null(token_ids, "token_ids");
     asd::require(num_prompts >= 1 && length >= 1, "num_prompts and length must be >= 1");
-    shots.prompt_ids = torch::from_blob(const_cast<int64_t*>(token_ids), {num_prompts, length}, torch::kInt64).clone();
+    shots.prompt_ids = asd::api::int64_buffer(token_ids, {num_prompts, length}, "token_ids");
     trainer->data.push_back(std::move(shots));
   });
 }

@@ -16,11 +16,7 @@ namespace {
 /// Masks of inpaintings scored per LPIPS batch (bounds the trunk's activation memory).
 constexpr int64_t kDistanceBatch = 16;
 
-torch::Tensor image_from(const float* data, int64_t h, int64_t w) {
-  not_null(data, "image");
-  asd::require(h > 0 && w > 0, "height and width must be > 0");
-  return torch::from_blob(const_cast<float*>(data), {1, 3, h, w}, torch::kFloat32).clone();
-}
+torch::Tensor image_from(const float* data, int64_t h, int64_t w) { return asd::api::float_buffer(data, {1, 3, h, w}, "image"); }
 
 void require_scoring(const asd_model* m) {
   if (!m->resnet || !m->distance) {
@@ -103,7 +99,7 @@ ASD_API asd_status asd_model_add_prototypes(asd_model* model, const char* catego
     require_scoring(model);
     not_null(images, "images");
     asd::require(k >= 1 && height > 0 && width > 0, "k, height and width must be > 0");
-    const torch::Tensor x = torch::from_blob(const_cast<float*>(images), {k, 3, height, width}, torch::kFloat32).clone();
+    const torch::Tensor x = asd::api::float_buffer(images, {k, 3, height, width}, "images");
     model->bank->add_images(not_null(category, "category"), ((x + 1) / 2).to(model->components.device), extractor(model));
   });
 }
@@ -146,7 +142,7 @@ ASD_API asd_status asd_model_inpaint_distances(asd_model* model, const char* cat
     const torch::Tensor x = image_from(image, height, width);
     not_null(masks, "masks");
     asd::require(num_masks >= 1, "num_masks must be >= 1");
-    const torch::Tensor m = torch::from_blob(const_cast<float*>(masks), {num_masks, 1, height, width}, torch::kFloat32).clone();
+    const torch::Tensor m = asd::api::float_buffer(masks, {num_masks, 1, height, width}, "masks");
     const pl::WindowedInpainting out =
         pl::inpaint_windows(model->components, x[0], m, asd::api::to_window_options(*options), asd::api::inpaint_condition(*model, name, *options),
                             asd::api::to_inpaint_options(*options), model->distance.get(), /*want_images=*/out_images != nullptr);
@@ -166,7 +162,7 @@ ASD_API asd_status asd_model_distance_maps(asd_model* model, const float* image,
     not_null(out_maps, "out_maps");
     asd::require(n >= 1, "n must be >= 1");
     const torch::Tensor x = image_from(image, height, width);
-    const torch::Tensor y = torch::from_blob(const_cast<float*>(others), {n, 3, height, width}, torch::kFloat32);
+    const torch::Tensor y = asd::api::float_buffer(others, {n, 3, height, width}, "others");
     distance_maps(model, x, y, out_maps);
   });
 }
@@ -203,7 +199,7 @@ ASD_API asd_status asd_resnet18_pooled(const char* weights_path, const float* im
     asd::require(n >= 1 && height > 0 && width > 0, "n, height and width must be > 0");
     asd::ResNet18 net = asd::load_resnet18(not_null(weights_path, "weights_path"));
     torch::NoGradGuard no_grad;
-    const torch::Tensor x = torch::from_blob(const_cast<float*>(images), {n, 3, height, width}, torch::kFloat32).clone();
+    const torch::Tensor x = asd::api::float_buffer(images, {n, 3, height, width}, "images");
     const torch::Tensor pooled = net->pooled(net->preprocess().apply(x)).contiguous();
     std::memcpy(out_pooled, pooled.data_ptr<float>(), static_cast<size_t>(pooled.numel()) * sizeof(float));
   });

@@ -63,6 +63,11 @@ pipeline::WindowOptions to_window_options(const asd_inpaint_options& options);
 /// The category's condition for inpainting (ASD_ERR_NOT_FOUND for an unknown category).
 pipeline::InpaintCondition inpaint_condition(const asd_model& model, const std::string& category, const asd_inpaint_options& options);
 
+/// Copies of caller buffers (row-major, `shape` all > 0, at most 2^40 elements); ASD_ERR_INVALID_ARGUMENT naming `what`
+/// for a NULL pointer or a bad shape. The only way C API functions turn caller memory into tensors.
+torch::Tensor float_buffer(const float* data, const std::vector<int64_t>& shape, const char* what);
+torch::Tensor int64_buffer(const int64_t* data, const std::vector<int64_t>& shape, const char* what);
+
 /// Drops one reference of `model` (NULL is ignored); deletes it with the last one.
 void release(asd_model* model);
 

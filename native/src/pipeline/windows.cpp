@@ -60,6 +60,14 @@ Window window_for(const Rect& box, int64_t height, int64_t width, const WindowOp
   return Window{place(box.y0, box.y1, side, height), place(box.x0, box.x1, side, width), side, side};
 }
 
+std::vector<std::vector<int64_t>> group_by_size(const std::vector<Window>& windows) {
+  std::map<std::pair<int64_t, int64_t>, std::vector<int64_t>> groups;
+  for (size_t i = 0; i < windows.size(); ++i) groups[{windows[i].height, windows[i].width}].push_back(static_cast<int64_t>(i));
+  std::vector<std::vector<int64_t>> out;
+  for (auto& kv : groups) out.push_back(std::move(kv.second));
+  return out;
+}
+
 torch::Tensor crop(const torch::Tensor& x, const Window& w) {
   require(x.dim() == 4 && w.y0 >= 0 && w.x0 >= 0 && w.y0 + w.height <= x.size(2) && w.x0 + w.width <= x.size(3), "crop: window outside the image");
   return x.narrow(2, w.y0, w.height).narrow(3, w.x0, w.width);
@@ -129,9 +137,8 @@ WindowedInpainting inpaint_windows(SdComponents& c, const torch::Tensor& image, 
   // 3. Back to the image: windows of one size are resampled, pasted and scored together.
   if (want_images) result.images = x.expand({M, 3, H, W}).clone();
   if (distance != nullptr) result.distances = torch::zeros({M, H, W}, torch::kFloat32);
-  std::map<std::pair<int64_t, int64_t>, std::vector<int64_t>> groups;
-  for (int64_t i = 0; i < M; ++i) groups[{result.windows[i].height, result.windows[i].width}].push_back(i);
-  for (const auto& [size, members] : groups) {
+  for (const std::vector<int64_t>& members : group_by_size(result.windows)) {
+    const std::pair<int64_t, int64_t> size{result.windows[members.front()].height, result.windows[members.front()].width};
     const size_t per_batch = static_cast<size_t>(std::max<int64_t>(1, kDistanceBatchPixels / (size.first * size.second)));
     for (size_t first = 0; first < members.size(); first += per_batch) {
       const std::vector<int64_t> ids(members.begin() + static_cast<std::ptrdiff_t>(first),

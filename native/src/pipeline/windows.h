@@ -59,6 +59,10 @@ Rect mask_bounding_box(const torch::Tensor& mask);
 /// window side >= min(H, W), gives the whole image. ASD_ERR_INVALID_ARGUMENT for an empty or out-of-image box.
 Window window_for(const Rect& box, int64_t height, int64_t width, const WindowOptions& options);
 
+/// Indices of `windows` grouped by window size (height, width): groups ordered by size, indices in input order. Windows of
+/// one size are resampled, pasted and scored in the same batches.
+std::vector<std::vector<int64_t>> group_by_size(const std::vector<Window>& windows);
+
 /// x[:, :, window] for x [N, C, H, W] (a view).
 torch::Tensor crop(const torch::Tensor& x, const Window& w);
 

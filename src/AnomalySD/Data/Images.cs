@@ -1,5 +1,6 @@
 using SixLabors.ImageSharp;
 using SixLabors.ImageSharp.PixelFormats;
+using SixLabors.ImageSharp.Memory;
 using SixLabors.ImageSharp.Processing;
 
 namespace AnomalySD.Data;
@@ -26,10 +27,36 @@ public sealed class ImageLoadException(string path, string problem, Exception? i
 
 /// <summary>
 /// Decodes images with ImageSharp 2.1 (PNG, JPEG, BMP, TIFF, GIF, TGA, WebP; 8/16-bit, grayscale, palette, RGBA are all
-/// converted to 8-bit RGB, alpha dropped), applies the EXIF orientation, and resizes to the model resolution.
+/// converted to 8-bit RGB, alpha dropped), applies the EXIF orientation, and resizes to the requested resolution.
+/// <para>Orientation: images and masks are used as displayed, i.e. after their EXIF orientation (as MVTec AD and VisA masks are
+/// drawn on the displayed image); a mask's size is checked against its image's displayed size.</para>
+/// <para>Limits: a file whose header announces more than <see cref="MaxSide"/> pixels a side or <see cref="MaxPixels"/> pixels
+/// is refused before any pixel is decoded, and no single allocation may exceed <see cref="MaxAllocationMegabytes"/>; either
+/// is an <see cref="ImageLoadException"/> naming the file, so a batch skips it like any unreadable image.</para>
 /// </summary>
 public static class ImageIO
 {
+    /// <summary>Largest accepted side, in pixels.</summary>
+    public const int MaxSide = 32768;
+
+    /// <summary>Largest accepted image, in pixels (1.2 GB as 32-bit RGBA).</summary>
+    public const long MaxPixels = 300_000_000;
+
+    /// <summary>Largest single buffer the decoder or a resize may allocate.</summary>
+    public const int MaxAllocationMegabytes = 2048;
+
+    private static readonly Configuration Limited = CreateConfiguration();
+
+    private static Configuration CreateConfiguration()
+    {
+        var c = Configuration.Default.Clone();
+        c.MemoryAllocator = SixLabors.ImageSharp.Memory.MemoryAllocator.Create(new SixLabors.ImageSharp.Memory.MemoryAllocatorOptions
+        {
+            AllocationLimitMegabytes = MaxAllocationMegabytes,
+        });
+        return c;
+    }
+
     /// <summary>Loads <paramref name="path"/> as RGB resized to <paramref name="size"/> x <paramref name="size"/>
     /// (bicubic; <paramref name="size"/> &lt;= 0 keeps the original size).</summary>
     /// <exception cref="ImageLoadException">missing, unreadable or undecodable file.</exception>
@@ -37,7 +64,7 @@ public static class ImageIO
     {
         using var image = Decode<Rgb24>(path);
         if (size > 0 && (image.Width != size || image.Height != size))
-            image.Mutate(x => x.Resize(new ResizeOptions { Size = new Size(size, size), Mode = ResizeMode.Stretch, Sampler = KnownResamplers.Bicubic }));
+            Guard(path, () => image.Mutate(x => x.Resize(new ResizeOptions { Size = new Size(size, size), Mode = ResizeMode.Stretch, Sampler = KnownResamplers.Bicubic })));
         int w = image.Width, h = image.Height, plane = w * h;
         var data = new float[3 * plane];
         image.ProcessPixelRows(rows =>
@@ -56,17 +83,17 @@ public static class ImageIO
         return new RgbImage(w, h, data);
     }
 
-    /// <summary>Loads a mask (any pixel &gt; 127 in luminance is anomalous) resized with nearest neighbour to
-    /// <paramref name="size"/> (&lt;= 0 keeps the size). If <paramref name="expectedWidth"/>/<paramref name="expectedHeight"/>
-    /// are given, the file's own size must equal them (a mask must match its image before resizing).</summary>
+    /// <summary>Loads a mask (any non-zero pixel is anomalous: 255/0 MVTec masks and 1/0 VisA masks alike) resized with nearest
+    /// neighbour to <paramref name="size"/> (&lt;= 0 keeps the size). If <paramref name="expectedWidth"/>/<paramref name="expectedHeight"/>
+    /// are given (the image's displayed size, <see cref="Identify"/>), the mask's displayed size must equal them.</summary>
     /// <exception cref="ImageLoadException">unreadable file, or a size different from the image's.</exception>
     public static BinaryMask LoadMask(string path, int size, int? expectedWidth = null, int? expectedHeight = null)
     {
         using var image = Decode<L8>(path);
         if (expectedWidth is int ew && expectedHeight is int eh && (image.Width != ew || image.Height != eh))
-            throw new ImageLoadException(path, $"mask is {image.Width}x{image.Height} but its image is {ew}x{eh}");
+            throw new ImageLoadException(path, $"mask is {image.Width}x{image.Height} but its image is {ew}x{eh} (as displayed, after EXIF orientation)");
         if (size > 0 && (image.Width != size || image.Height != size))
-            image.Mutate(x => x.Resize(new ResizeOptions { Size = new Size(size, size), Mode = ResizeMode.Stretch, Sampler = KnownResamplers.NearestNeighbor }));
+            Guard(path, () => image.Mutate(x => x.Resize(new ResizeOptions { Size = new Size(size, size), Mode = ResizeMode.Stretch, Sampler = KnownResamplers.NearestNeighbor })));
         var data = new byte[image.Width * image.Height];
         int w = image.Width;
         image.ProcessPixelRows(rows =>
@@ -74,32 +101,50 @@ public static class ImageIO
             for (int y = 0; y < rows.Height; y++)
             {
                 var row = rows.GetRowSpan(y);
-                for (int x = 0; x < w; x++) data[y * w + x] = row[x].PackedValue > 127 ? (byte)1 : (byte)0;
+                for (int x = 0; x < w; x++) data[y * w + x] = row[x].PackedValue != 0 ? (byte)1 : (byte)0;
             }
         });
         return new BinaryMask(image.Width, image.Height, data);
     }
 
-    /// <summary>Width and height of an image file without decoding its pixels.</summary>
-    /// <exception cref="ImageLoadException">missing or unrecognised file.</exception>
+    /// <summary>Width and height of an image file as displayed (after its EXIF orientation: 5-8 swap the sides), without
+    /// decoding its pixels.</summary>
+    /// <exception cref="ImageLoadException">missing or unrecognised file, or a header beyond the limits.</exception>
     public static (int Width, int Height) Identify(string path)
     {
         try
         {
-            var info = Image.Identify(path) ?? throw new ImageLoadException(path, "not a recognised image format");
-            return (info.Width, info.Height);
+            using var stream = File.OpenRead(path);
+            var info = Image.Identify(Limited, stream) ?? throw new ImageLoadException(path, "not a recognised image format");
+            CheckLimits(path, info.Width, info.Height);
+            ushort orientation = info.Metadata.ExifProfile?.GetValue(SixLabors.ImageSharp.Metadata.Profiles.Exif.ExifTag.Orientation)?.Value ?? 1;
+            return orientation is >= 5 and <= 8 ? (info.Height, info.Width) : (info.Width, info.Height);
         }
         catch (Exception e) when (e is not ImageLoadException) { throw Wrap(path, e); }
     }
 
+    private static void CheckLimits(string path, int width, int height)
+    {
+        if (width > MaxSide || height > MaxSide || (long)width * height > MaxPixels)
+            throw new ImageLoadException(path, $"the header announces {width}x{height} pixels, beyond the limits ({MaxSide} a side, {MaxPixels / 1_000_000} megapixels)");
+    }
+
     private static Image<T> Decode<T>(string path) where T : unmanaged, IPixel<T>
     {
+        Identify(path); // the header's size is checked before any pixel is decoded
         try
         {
-            var image = Image.Load<T>(path);
+            var image = Image.Load<T>(Limited, path);
             image.Mutate(x => x.AutoOrient());
             return image;
         }
+        catch (Exception e) { throw Wrap(path, e); }
+    }
+
+    /// <summary>Runs an operation on a decoded image; any failure (an allocation over the limit...) becomes an ImageLoadException.</summary>
+    private static void Guard(string path, Action operation)
+    {
+        try { operation(); }
         catch (Exception e) { throw Wrap(path, e); }
     }
 
@@ -109,6 +154,7 @@ public static class ImageIO
         UnknownImageFormatException => new ImageLoadException(path, "not a recognised image format", e),
         InvalidImageContentException => new ImageLoadException(path, $"corrupt image ({e.Message})", e),
         IOException => new ImageLoadException(path, $"cannot read ({e.Message})", e),
+        InvalidMemoryOperationException or OutOfMemoryException => new ImageLoadException(path, $"too large to process ({e.Message})", e),
         _ => new ImageLoadException(path, $"cannot decode ({e.GetType().Name}: {e.Message})", e),
     };
 }

@@ -19,11 +19,11 @@ public enum MaskStrategy
 /// <summary>Scoring options (section 4.3 defaults).</summary>
 /// <param name="Scales">Grid scales K (paper: 1, 2, 4, 8 = 85 masks).</param>
 /// <param name="Alpha">α of eq. 21 (paper: 0.1).</param>
-/// <param name="Sigma">Gaussian blur σ of the final map, in pixels of the model resolution (paper: 4).</param>
+/// <param name="Sigma">Gaussian blur σ of the final map, in pixels of the analysis resolution (paper: 4).</param>
 public sealed record DetectorOptions(MaskStrategy Masks = MaskStrategy.Full, IReadOnlyList<int>? Scales = null, double Alpha = ScoreFusion.DefaultAlpha,
                                      double Sigma = ScoreFusion.DefaultSigma, InpaintOptions? Inpaint = null);
 
-/// <summary>The score of one image: maps at the model resolution and the image score (max of the smoothed map).</summary>
+/// <summary>The score of one image: maps at the analysis resolution and the image score (max of the smoothed map).</summary>
 public sealed record ImageScore(Map2D SmoothedMap, double Score, Map2D? ErrorMap, BinaryMask? PrototypeMask);
 
 /// <summary>
@@ -48,7 +48,7 @@ public sealed class AnomalyDetector(InpaintingModel model, DetectorOptions optio
         return (g.Grid, g.Maps);
     }
 
-    /// <summary>Scores <paramref name="image"/> (RGB in [0, 1] at the model resolution) of <paramref name="category"/>.
+    /// <summary>Scores <paramref name="image"/> (RGB in [0, 1] at the analysis resolution) of <paramref name="category"/>.
     /// <paramref name="noiseStrength"/> overrides the inpaint options' λ (per-category λ).</summary>
     public ImageScore Score(string category, RgbImage image, double? noiseStrength = null)
     {

@@ -79,6 +79,13 @@ public static class Checkpoints
             meta = meta with { WindowContext = w };
         }
         var masks = EffectiveMasks(request.Masks, meta, log);
+        if (masks != MaskStrategy.Prototype)
+        {
+            // Refused before any work, as the engine would refuse it at the first image (diffusers does too).
+            foreach (var c in meta.Categories.Where(c => (int)(request.NumInferenceSteps * c.NoiseStrength) < 1))
+                throw new ArgumentException($"category '{c.Category}': noise strength {c.NoiseStrength} of {request.NumInferenceSteps} inference steps leaves 0 denoising steps; " +
+                                            $"use a noise strength >= {1.0 / request.NumInferenceSteps:G4} or more steps");
+        }
         var inpaint = new InpaintOptions(request.NumInferenceSteps, 0.4, request.InpaintBatch, request.Seed, WindowContext: meta.WindowContext.ForEngine,
                                          InpaintSize: meta.ImageSize);
         return new ScoringSetup(meta, new DetectorOptions(masks, request.Scales, Inpaint: inpaint), request.EvalSize ?? meta.EvalSize);

@@ -75,7 +75,12 @@ public static class Evaluation
                 {
                     (w, h) = ImageIO.Identify(sample.ImagePath);
                     image = ImageIO.LoadRgb(sample.ImagePath, size);
-                    if (sample.MaskPath is not null) gt = ImageIO.LoadMask(sample.MaskPath, eval, w, h);
+                    if (sample.MaskPath is not null)
+                    {
+                        gt = ImageIO.LoadMask(sample.MaskPath, eval, w, h);
+                        if (sample.IsAnomalous && gt.Count == 0)
+                            log.LogWarning("{Path}: the ground-truth mask of this anomalous image marks no pixel (at the evaluation size); pixel metrics treat it as all-normal", sample.MaskPath);
+                    }
                     else if (sample.IsAnomalous) log.LogWarning("{Path}: anomalous image without a ground-truth mask; pixel metrics treat it as all-normal", sample.ImagePath);
                 }
                 catch (ImageLoadException e)
