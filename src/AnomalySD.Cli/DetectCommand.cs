@@ -1,6 +1,7 @@
 using System.Globalization;
 using AnomalySD.Data;
 using AnomalySD.Pipeline;
+using AnomalySD.Scoring;
 using CommandLine;
 using Microsoft.Extensions.Logging;
 using SixLabors.ImageSharp;
@@ -19,10 +20,10 @@ public sealed class DetectVerb : ScoringFlags
     [Value(0, MetaName = "inputs", Required = true, HelpText = "Image files or folders.")]
     public IEnumerable<string> Inputs { get; set; } = [];
 
-    [Option("threshold", HelpText = "Image-score threshold for the anomalous/normal decision (default: none, scores only).")]
+    [Option("threshold", HelpText = "Decision threshold on the normalised score (default 0.5, the calibrated threshold); for an uncalibrated checkpoint, on the raw score (default: no decision).")]
     public double? Threshold { get; set; }
 
-    [Option("out", HelpText = "Folder for heatmap overlay PNGs (named after each input's path; the folder is locked while detect runs).")]
+    [Option("out", HelpText = "Folder for a picture per image (image | map | predicted region | (no ground truth) | inpainting), named after the input's path; locked while detect runs.")]
     public string? Out { get; set; }
 }
 
@@ -42,20 +43,30 @@ public static class DetectCommand
             var prompts = setup.Metadata.Categories.FirstOrDefault(c => c.Category == o.Category)
                 ?? throw new KeyNotFoundException($"category '{o.Category}' was not fitted in {o.Checkpoint} (fitted: {string.Join(", ", meta.Categories.Select(c => c.Category))})");
             var detector = new AnomalyDetector(model, setup.Detector);
+            var calibration = setup.Metadata.Calibration.GetValueOrDefault(o.Category);
+            if (calibration is null && o.CalibrateOn && meta.Calibration.Count == 0)
+                log.LogInformation("this checkpoint has no calibration: raw scores only{Hint}", o.Threshold is null ? " (give --threshold for decisions)" : "");
+            // Calibrated: decide on the normalised scale (0.5 = the calibrated threshold). Uncalibrated: on the raw score, if asked.
+            double? threshold = calibration is not null ? o.Threshold ?? 0.5 : o.Threshold;
             int failures = 0;
-            output.WriteLine(o.Threshold is null ? "image\tscore" : "image\tscore\tdecision");
+            output.WriteLine("image\tscore\tnormalized" + (threshold is null ? "" : "\tdecision"));
             foreach (var (file, name) in files)
             {
                 RgbImage image;
                 try { image = ImageIO.LoadRgb(file, setup.Metadata.AnalysisSize); }
                 catch (ImageLoadException e) { log.LogWarning("skipped: {Message}", e.Message); failures++; continue; }
-                var s = detector.Score(o.Category, image, prompts.NoiseStrength);
-                string decision = o.Threshold is double t ? (s.Score >= t ? "\tanomalous" : "\tnormal") : "";
-                output.WriteLine(string.Create(CultureInfo.InvariantCulture, $"{file}\t{s.Score:G6}{decision}"));
+                var s = detector.Score(o.Category, image, prompts.NoiseStrength, restored: heatmaps is not null);
+                double? normalized = calibration?.Normalization.Apply(s.Score);
+                double decided = normalized ?? s.Score;
+                string decision = threshold is double t ? (decided >= t ? "\tanomalous" : "\tnormal") : "";
+                output.WriteLine(string.Create(CultureInfo.InvariantCulture, $"{file}\t{s.Score:G6}\t{(normalized is double n ? n.ToString("F4", CultureInfo.InvariantCulture) : "n/a")}{decision}"));
                 if (heatmaps is not null)
                 {
-                    using var overlay = Visuals.Overlay(image, s.SmoothedMap, Math.Max(s.Score, 1e-12), null);
-                    AtomicFile.Write(heatmaps.File(name + "_heatmap.png"), stream => overlay.SaveAsPng(stream));
+                    // The report's panel; without calibration the map is scaled to this image's score.
+                    var map = calibration?.Normalization.Apply(s.SmoothedMap)
+                              ?? new Map2D(s.SmoothedMap.Height, s.SmoothedMap.Width, Array.ConvertAll(s.SmoothedMap.Data, v => v / Math.Max(s.Score, 1e-12)));
+                    using var panel = Visuals.Panel(image, map, calibration is null ? null : Visuals.Region(s.SmoothedMap, calibration.PixelThreshold), null, s.Restored);
+                    AtomicFile.Write(heatmaps.File(name + "_panel.png"), stream => panel.SaveAsPng(stream));
                 }
             }
             return failures == 0 ? 0 : 3;

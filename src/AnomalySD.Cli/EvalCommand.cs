@@ -48,7 +48,7 @@ public static class EvalCommand
         {
             var fit = o.ToFitOptions();
             // The E-only baseline never runs the diffusion model: skip its training.
-            if (o.Masks == MaskStrategy.Prototype) fit = fit with { UnetSteps = 0, DecoderSteps = 0, AutoencoderSteps = 0 };
+            if (o.Masks == MaskStrategy.Prototype) fit = fit with { UnetSteps = 0, DecoderSteps = 0, AutoencoderSteps = 0, Calibration = null };
             (model, meta) = Fitting.Fit(dataset, FitFlags.SelectCategories(o.Categories, dataset), fit, log, CliSupport.Progress());
             fitSeconds = watch.Elapsed.TotalSeconds;
         }
@@ -63,6 +63,7 @@ public static class EvalCommand
                 ["model"] = m.ModelSource, ["checkpoint"] = o.Checkpoint ?? "(fitted in this run, not saved)", ["shots"] = m.Shots,
                 ["inpaint_size"] = m.ImageSize, ["analysis_size"] = m.AnalysisSize, ["eval_size"] = setup.EvalSize == 0 ? "original" : setup.EvalSize,
                 ["window_context"] = m.WindowContext.ToString(), ["feature_aggregation"] = m.FeatureAggregation,
+                ["calibrated"] = m.Calibration.Count > 0 ? "yes (see calibration)" : o.CalibrateOn ? "no (the checkpoint has no calibration)" : "no (--calibrate off)",
                 ["scales"] = string.Join(",", setup.Detector.Scales ?? AnomalySD.Masks.MaskProposals.DefaultScales), ["max_images"] = o.MaxImages?.ToString() ?? "all",
                 ["masks"] = setup.Detector.Masks.ToString(), ["distance"] = m.Distance, ["num_inference_steps"] = setup.Detector.Inpaint!.NumInferenceSteps,
                 ["noise_strength"] = new JsonObject(m.Categories.Select(c => new KeyValuePair<string, JsonNode?>(c.Category, c.NoiseStrength))),

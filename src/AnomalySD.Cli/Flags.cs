@@ -68,13 +68,20 @@ public abstract class ModelFlags : EngineFlags
     [Option("window-context", HelpText = "Inpainting windows: context margin per side as a fraction of the mask's box side (e.g. 0.5), or 'full' (the whole image, the paper's). Default: 0.5; with a checkpoint: its own.")]
     public string? WindowContext { get; set; }
 
+    [Option("calibrate", Default = "on", HelpText = "on: calibrate λ, the fusion weights and the thresholds from the shots at fit time, and score with them; off: the paper's fixed values (λ from the prompt file, α = 0.1).")]
+    public string Calibrate { get; set; } = "on";
+
     public WindowContext? ParsedWindowContext => WindowContext is null ? null : Pipeline.WindowContext.Parse(WindowContext);
+
+    public bool CalibrateOn => Calibrate.Equals("on", StringComparison.OrdinalIgnoreCase);
 
     public override void Validate()
     {
         base.Validate();
         Require(AnalysisSize is null || (AnalysisSize >= 64 && AnalysisSize % 32 == 0), $"--analysis-size must be a multiple of 32, at least 64, got {AnalysisSize}");
         _ = ParsedWindowContext;
+        Require(Calibrate.Equals("on", StringComparison.OrdinalIgnoreCase) || Calibrate.Equals("off", StringComparison.OrdinalIgnoreCase),
+                $"--calibrate must be on or off, got '{Calibrate}'");
     }
 
     public ScoringBackbones Backbones(DistanceKind distance = DistanceKind.Resnet18Uniform) => new(ResNet18, distance, AlexNet, Lpips);
@@ -124,7 +131,7 @@ public abstract class ScoringFlags : ModelFlags
     public ScoringRequest ToRequest(int? evalSize = null) => new(
         Masks: Masks ?? MaskStrategy.Full, Scales: Scales is null ? null : ParseScales(Scales), NumInferenceSteps: NumInferenceSteps ?? 50,
         NoiseStrength: NoiseStrength, InpaintBatch: InpaintBatch ?? 0, Seed: Seed, AnalysisSize: AnalysisSize, WindowContext: ParsedWindowContext,
-        EvalSize: evalSize);
+        EvalSize: evalSize, Calibrate: CalibrateOn);
 }
 
 /// <summary>Flags of fitting (also accepted by eval, which fits first when no --checkpoint is given).</summary>
@@ -153,6 +160,12 @@ public abstract class FitFlags : ScoringFlags
 
     [Option("feature-aggregation", HelpText = "PatchCore's local aggregation of prototype features: k x k neighbourhood average (odd k; 1 = off). Default: 1.")]
     public int? FeatureAggregation { get; set; }
+
+    [Option("calibration-size", Default = "3,4", HelpText = "Calibration images per category: normals,defectives (augmented shots; the defectives with synthetic defects).")]
+    public string CalibrationSize { get; set; } = "3,4";
+
+    [Option("calibration-lambdas", Default = "0.3,0.4,0.5", HelpText = "The λ grid calibration chooses from.")]
+    public string CalibrationLambdas { get; set; } = "0.3,0.4,0.5";
 
     [Option("unet-steps", Default = 300, HelpText = "UNet fine-tuning steps (eq. 8).")]
     public int UnetSteps { get; set; } = 300;
@@ -197,6 +210,26 @@ public abstract class FitFlags : ScoringFlags
         Require(MixedPrecision == MixedPrecisionMode.No || Dtype == AsdDtypeName.F32, $"--mixed-precision {MixedPrecision} keeps fp32 master weights: use --dtype F32, not {Dtype}");
         Require(MixedPrecision != MixedPrecisionMode.Fp16 || Device.StartsWith("cuda", StringComparison.Ordinal), "--mixed-precision Fp16 needs --device cuda; use Bf16 on the CPU");
         Require(Distance != DistanceKind.LpipsAlex || (AlexNet is not null && Lpips is not null), "--distance LpipsAlex needs --alexnet and --lpips");
+        CalibrationOptions()?.Validate();
+    }
+
+    /// <summary>The calibration of a fit (null with --calibrate off).</summary>
+    public CalibrationOptions? CalibrationOptions()
+    {
+        if (!CalibrateOn) return null;
+        var size = CliSupport.SplitList(CalibrationSize);
+        Require(size.Count == 2 && int.TryParse(size[0], out _) && int.TryParse(size[1], out _),
+                $"--calibration-size '{CalibrationSize}' must be two numbers: normals,defectives (e.g. 3,4)");
+        var lambdas = CliSupport.SplitList(CalibrationLambdas).Select(t =>
+            double.TryParse(t, System.Globalization.NumberStyles.Float, System.Globalization.CultureInfo.InvariantCulture, out double v)
+                ? v : throw new ArgumentException($"--calibration-lambdas '{CalibrationLambdas}': '{t}' is not a number")).ToList();
+        try
+        {
+            var o = new CalibrationOptions(int.Parse(size[0]), int.Parse(size[1]), lambdas, Seed: (int)(Seed % int.MaxValue));
+            o.Validate();
+            return o;
+        }
+        catch (ArgumentException e) { throw new ArgumentException($"--calibration-size / --calibration-lambdas: {e.Message}"); }
     }
 
     /// <summary>The library's fit options, by name.</summary>
@@ -205,7 +238,7 @@ public abstract class FitFlags : ScoringFlags
         AutoencoderSteps: AutoencoderSteps, BatchSize: BatchSize, LearningRate: LearningRate, Seed: Seed, Device: Device, Dtype: Dtype,
         Distance: Distance, AlexNetPath: AlexNet, LpipsPath: Lpips, ResNet18Path: ResNet18, PromptsPath: Prompts, ForegroundMasksDir: ForegroundMasks,
         MixedPrecision: MixedPrecision, AnalysisSize: AnalysisSize ?? 0, WindowContext: ParsedWindowContext, EvalSize: EvalSize,
-        FeatureAggregation: FeatureAggregation);
+        FeatureAggregation: FeatureAggregation, Calibration: CalibrationOptions());
 
     /// <summary>The categories named by --categories (all of the dataset when absent).</summary>
     /// <exception cref="KeyNotFoundException">a category the dataset does not have.</exception>

@@ -72,46 +72,10 @@ public static class SyntheticDataset
         double cy = onObject ? size / 2.0 + Math.Sin(angle0) * size * 0.22 : size * (0.25 + 0.5 * rng.NextDouble());
         switch (defect)
         {
-            case "scratch":
-            {
-                double a = rng.NextDouble() * Math.PI, half = size * 0.12, width = Math.Max(1.0, size / 96.0);
-                for (int y = 0; y < size; y++)
-                for (int x = 0; x < size; x++)
-                {
-                    double px = x - cx, py = y - cy, along = px * Math.Cos(a) + py * Math.Sin(a), across = -px * Math.Sin(a) + py * Math.Cos(a);
-                    if (Math.Abs(along) <= half && Math.Abs(across) <= width) Set(img, mask, y, x, 0.05f, 0.05f, 0.05f, 1);
-                }
-                break;
-            }
-            case "hole":
-            {
-                double r = size * (0.04 + 0.03 * rng.NextDouble());
-                for (int y = 0; y < size; y++)
-                for (int x = 0; x < size; x++)
-                    if ((x - cx) * (x - cx) + (y - cy) * (y - cy) <= r * r) Set(img, mask, y, x, 0.02f, 0.02f, 0.02f, 1);
-                break;
-            }
-            default: // stain
-            {
-                double r = size * (0.05 + 0.04 * rng.NextDouble());
-                for (int y = 0; y < size; y++)
-                for (int x = 0; x < size; x++)
-                {
-                    double d = Math.Sqrt((x - cx) * (x - cx) + (y - cy) * (y - cy)) / r;
-                    double alpha = Math.Clamp(1.5 - d, 0, 1) * 0.85;
-                    if (alpha > 0) Set(img, mask, y, x, 0.2f, 0.5f, 0.9f, (float)alpha);
-                }
-                break;
-            }
+            case "scratch": DefectPainter.Scratch(img, mask, cx, cy, size, rng.NextDouble() * Math.PI, (0.05f, 0.05f, 0.05f)); break;
+            case "hole": DefectPainter.Hole(img, mask, cx, cy, size * (0.04 + 0.03 * rng.NextDouble()), (0.02f, 0.02f, 0.02f)); break;
+            default: DefectPainter.Stain(img, mask, cx, cy, size * (0.05 + 0.04 * rng.NextDouble()), (0.2f, 0.5f, 0.9f)); break;
         }
-    }
-
-    private static void Set(float[,,] img, float[,] mask, int y, int x, float r, float g, float b, float alpha)
-    {
-        img[0, y, x] = img[0, y, x] * (1 - alpha) + r * alpha;
-        img[1, y, x] = img[1, y, x] * (1 - alpha) + g * alpha;
-        img[2, y, x] = img[2, y, x] * (1 - alpha) + b * alpha;
-        if (alpha > 0.5f) mask[y, x] = 1;
     }
 
     private static void Save(float[,,] img, string path)

@@ -18,18 +18,39 @@ public enum MaskStrategy
 
 /// <summary>Scoring options (section 4.3 defaults).</summary>
 /// <param name="Scales">Grid scales K (paper: 1, 2, 4, 8 = 85 masks).</param>
-/// <param name="Alpha">α of eq. 21 (paper: 0.1).</param>
+/// <param name="Alpha">α of eq. 21 (paper: 0.1), used for categories without a calibration.</param>
 /// <param name="Sigma">Gaussian blur σ of the final map, in pixels of the analysis resolution (paper: 4).</param>
+/// <param name="Calibration">Per-category calibration (fusion weights, map scales, thresholds); categories without one use eq. 21.</param>
 public sealed record DetectorOptions(MaskStrategy Masks = MaskStrategy.Full, IReadOnlyList<int>? Scales = null, double Alpha = ScoreFusion.DefaultAlpha,
-                                     double Sigma = ScoreFusion.DefaultSigma, InpaintOptions? Inpaint = null);
+                                     double Sigma = ScoreFusion.DefaultSigma, InpaintOptions? Inpaint = null,
+                                     IReadOnlyDictionary<string, CategoryCalibration>? Calibration = null)
+{
+    /// <summary>The fusion weights and map scales that score <paramref name="category"/>.</summary>
+    public (FusionWeights Weights, MapScales Scales) FusionFor(string category) => Masks switch
+    {
+        MaskStrategy.Prototype => (FusionWeights.ErrorMapOnly, MapScales.Raw),
+        _ when Calibration?.GetValueOrDefault(category) is { } c => Masks == MaskStrategy.MultiScale && c.Weights.Prototype > 0
+            ? (new FusionWeights(c.Weights.MultiScale + c.Weights.Prototype, 0, c.Weights.ErrorMap), c.Scales)
+            : (c.Weights, c.Scales),
+        MaskStrategy.MultiScale => (new FusionWeights(1, 0, 0), MapScales.Raw),
+        _ => (FusionWeights.Paper(Alpha), MapScales.Raw),
+    };
+}
 
 /// <summary>The score of one image: maps at the analysis resolution and the image score (max of the smoothed map).</summary>
-public sealed record ImageScore(Map2D SmoothedMap, double Score, Map2D? ErrorMap, BinaryMask? PrototypeMask);
+/// <param name="Restored">With <c>restored: true</c>: the inpainting (pasted, RGB in [0, 1]) of the mask whose distance inside it
+/// was the largest: what the method believes the product should look like there. Null when no mask was inpainted.</param>
+public sealed record ImageScore(Map2D SmoothedMap, double Score, Map2D? ErrorMap, BinaryMask? PrototypeMask, RgbImage? Restored = null);
+
+/// <summary>The three maps fused by <see cref="FusionWeights"/>, at the analysis resolution: S_ms (eq. 19), S_pg (eq. 20) and
+/// the bilinearly upsampled E (eq. 14); null where the strategy does not compute them. S_pg is all zero when M^(p) is empty.</summary>
+public sealed record ScoreComponents(Map2D? MultiScale, Map2D? Prototype, Map2D? ErrorMap, Map2D? RawErrorMap, BinaryMask? PrototypeMask, RgbImage? Restored);
 
 /// <summary>
 /// Scores images with a fitted <see cref="InpaintingModel"/> (section 4.2-4.3): grid masks M^(k)_{i,j}, the
 /// prototype-guided mask M^(p) = Upsample(I(E &gt; r)) with r from eq. 15, all inpainted in one native call; then
-/// S^(k) (eq. 18), S_ms (eq. 19), S_pg (eq. 20), S_map (eq. 21), Gaussian blur, max.
+/// S^(k) (eq. 18), S_ms (eq. 19), S_pg (eq. 20), the fused map (eq. 21, or calibrated <see cref="FusionWeights"/>), Gaussian
+/// blur, max. A category whose weights give the inpainting terms no weight is scored from E alone, without UNet work.
 /// </summary>
 public sealed class AnomalyDetector(InpaintingModel model, DetectorOptions options)
 {
@@ -49,35 +70,47 @@ public sealed class AnomalyDetector(InpaintingModel model, DetectorOptions optio
     }
 
     /// <summary>Scores <paramref name="image"/> (RGB in [0, 1] at the analysis resolution) of <paramref name="category"/>.
-    /// <paramref name="noiseStrength"/> overrides the inpaint options' λ (per-category λ).</summary>
-    public ImageScore Score(string category, RgbImage image, double? noiseStrength = null)
+    /// <paramref name="noiseStrength"/> overrides the inpaint options' λ (per-category λ). <paramref name="restored"/>: also return
+    /// the inpainting of the highest-scoring mask (for pictures).</summary>
+    public ImageScore Score(string category, RgbImage image, double? noiseStrength = null, bool restored = false)
+    {
+        var (weights, scales) = Options.FusionFor(category);
+        var c = Components(category, image, noiseStrength, weights.UsesInpainting, weights.ErrorMap > 0, restored);
+        var smoothed = GaussianSmoothing.Blur(ScoreFusion.Weighted(c.MultiScale, c.Prototype, c.ErrorMap, weights, scales, image.Height, image.Width), Options.Sigma);
+        return new ImageScore(smoothed, smoothed.Max(), c.RawErrorMap, c.PrototypeMask, c.Restored);
+    }
+
+    /// <summary>The maps that <see cref="Score"/> fuses (for calibration, which fuses them under many weights).</summary>
+    /// <param name="inpainting">Compute S_ms and S_pg (the UNet work).</param>
+    /// <param name="errorMap">Return the upsampled E.</param>
+    public ScoreComponents Components(string category, RgbImage image, double? noiseStrength, bool inpainting, bool errorMap, bool restored = false)
     {
         int h = image.Height, w = image.Width;
         var inpaint = Options.Inpaint ?? new InpaintOptions();
         if (noiseStrength is double lambda) inpaint = inpaint with { NoiseStrength = lambda };
+        bool prototypeTerm = inpainting && Options.Masks == MaskStrategy.Full;
 
-        Map2D? errors = null;
+        Map2D? errors = null, upsampled = null;
         BinaryMask? prototypeMask = null;
-        if (Options.Masks is MaskStrategy.Full or MaskStrategy.Prototype)
+        if (prototypeTerm || errorMap)
         {
             errors = model.ErrorMap(category, image);
-            if (Options.Masks == MaskStrategy.Prototype)
+            if (errorMap) upsampled = Bilinear(errors, h, w);
+            if (prototypeTerm)
             {
-                var upsampled = Bilinear(errors, h, w);
-                var smoothed = GaussianSmoothing.Blur(upsampled, Options.Sigma);
-                return new ImageScore(smoothed, smoothed.Max(), errors, null);
+                double r = PrototypeThreshold.Select(errors);
+                var mask = PrototypeThreshold.Mask(errors, r, h, w);
+                prototypeMask = new BinaryMask(w, h, Array.ConvertAll(mask.Data, v => v > 0.5 ? (byte)1 : (byte)0));
             }
-            double r = PrototypeThreshold.Select(errors);
-            var mask = PrototypeThreshold.Mask(errors, r, h, w);
-            prototypeMask = new BinaryMask(w, h, Array.ConvertAll(mask.Data, v => v > 0.5 ? (byte)1 : (byte)0));
         }
+        if (!inpainting) return new ScoreComponents(null, null, upsampled, errors, prototypeMask, null);
 
         var (grid, gridMaps) = GridFor(h, w);
         var masks = grid.Select(g => g.Mask).ToList();
         // An empty prototype mask (E constant) inpaints nothing: its S_pg is 0 and needs no UNet work.
         bool usePrototype = prototypeMask is not null && prototypeMask.Count > 0;
         if (usePrototype) masks.Add(prototypeMask!);
-        var (distances, _) = model.InpaintDistances(category, image, masks, inpaint);
+        var (distances, inpaintings) = model.InpaintDistances(category, image, masks, inpaint, returnInpaintings: restored);
 
         var scaleScores = new List<Map2D>();
         foreach (var scale in grid.Select((g, i) => (g, i)).GroupBy(t => t.g.Scale))
@@ -87,9 +120,21 @@ public sealed class AnomalyDetector(InpaintingModel model, DetectorOptions optio
             scaleScores.Add(ScoreFusion.ScaleScore(scaleMasks, scaleDistances));
         }
         var prototypeGuided = usePrototype ? ScoreFusion.PrototypeScore(ToMap(prototypeMask!), distances[^1]) : new Map2D(h, w);
-        double alpha = Options.Masks == MaskStrategy.MultiScale || !usePrototype ? 0.0 : Options.Alpha;
-        var score = ScoreFusion.Score(scaleScores, prototypeGuided, alpha, Options.Sigma);
-        return new ImageScore(score.SmoothedMap, score.ImageScore, errors, prototypeMask);
+        RgbImage? best = null;
+        if (inpaintings is not null)
+        {
+            // The mask with the largest distance inside it: where the method restored the most.
+            int arg = Enumerable.Range(0, masks.Count).MaxBy(k => MaxInside(masks[k], distances[k]));
+            best = inpaintings[arg];
+        }
+        return new ScoreComponents(ScoreFusion.HarmonicMean(scaleScores), prototypeTerm ? prototypeGuided : null, upsampled, errors, prototypeMask, best);
+    }
+
+    private static double MaxInside(BinaryMask mask, Map2D distance)
+    {
+        double m = 0;
+        for (int i = 0; i < mask.Data.Length; i++) if (mask.Data[i] != 0 && distance.Data[i] > m) m = distance.Data[i];
+        return m;
     }
 
     private static Map2D ToMap(BinaryMask m) => new(m.Height, m.Width, Array.ConvertAll(m.Data, v => (double)v));

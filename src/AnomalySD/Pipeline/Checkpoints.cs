@@ -15,9 +15,11 @@ namespace AnomalySD.Pipeline;
 /// <param name="AnalysisSize">Analysis resolution (null = the checkpoint's).</param>
 /// <param name="WindowContext">Inpainting window context (null = the checkpoint's).</param>
 /// <param name="EvalSize">Evaluation resolution (null = the checkpoint's; 0 = original size).</param>
+/// <param name="Calibrate">Use the checkpoint's calibration (λ, fusion weights, thresholds) where it has one; false = the paper's
+/// fixed values (λ from the prompt file, eq. 21 with α = 0.1).</param>
 public sealed record ScoringRequest(MaskStrategy Masks = MaskStrategy.Full, IReadOnlyList<int>? Scales = null, int NumInferenceSteps = 50,
                                     double? NoiseStrength = null, int InpaintBatch = 0, ulong Seed = 0, int? AnalysisSize = null,
-                                    WindowContext? WindowContext = null, int? EvalSize = null);
+                                    WindowContext? WindowContext = null, int? EvalSize = null, bool Calibrate = true);
 
 /// <summary>A request resolved against a checkpoint: the metadata with the overrides applied (λ, resolutions, window), the
 /// detector's options and the evaluation resolution.</summary>
@@ -67,6 +69,10 @@ public static class Checkpoints
     /// <summary>Applies <paramref name="request"/> to a checkpoint's metadata (overrides logged) and builds the detector options.</summary>
     public static ScoringSetup Resolve(CheckpointMetadata meta, ScoringRequest request, ILogger? log = null)
     {
+        var calibration = request.Calibrate ? meta.Calibration : new Dictionary<string, CategoryCalibration>();
+        if (!request.Calibrate) meta = meta with { Calibration = calibration };
+        // Calibrated λ first; a λ given by the user wins over both the calibration and the prompt file.
+        meta = meta with { Categories = meta.Categories.Select(c => calibration.TryGetValue(c.Category, out var k) ? c with { NoiseStrength = k.NoiseStrength } : c).ToList() };
         if (request.NoiseStrength is double lambda) meta = meta with { Categories = meta.Categories.Select(c => c with { NoiseStrength = lambda }).ToList() };
         if (request.AnalysisSize is int a && a != meta.AnalysisSize)
         {
@@ -80,14 +86,18 @@ public static class Checkpoints
         }
         var masks = EffectiveMasks(request.Masks, meta, log);
         if (masks != MaskStrategy.Prototype)
+            foreach (var (category, k) in calibration.Where(kv => !kv.Value.Weights.UsesInpainting))
+                log?.LogInformation("{Category}: the calibrated weights give the inpainting terms no weight: scored from the prototype error map E alone, without UNet work", category);
+        if (masks != MaskStrategy.Prototype)
         {
             // Refused before any work, as the engine would refuse it at the first image (diffusers does too).
-            foreach (var c in meta.Categories.Where(c => (int)(request.NumInferenceSteps * c.NoiseStrength) < 1))
+            foreach (var c in meta.Categories.Where(c => (int)(request.NumInferenceSteps * c.NoiseStrength) < 1 &&
+                                                         (!calibration.TryGetValue(c.Category, out var k) || k.Weights.UsesInpainting)))
                 throw new ArgumentException($"category '{c.Category}': noise strength {c.NoiseStrength} of {request.NumInferenceSteps} inference steps leaves 0 denoising steps; " +
                                             $"use a noise strength >= {1.0 / request.NumInferenceSteps:G4} or more steps");
         }
         var inpaint = new InpaintOptions(request.NumInferenceSteps, 0.4, request.InpaintBatch, request.Seed, WindowContext: meta.WindowContext.ForEngine,
                                          InpaintSize: meta.ImageSize);
-        return new ScoringSetup(meta, new DetectorOptions(masks, request.Scales, Inpaint: inpaint), request.EvalSize ?? meta.EvalSize);
+        return new ScoringSetup(meta, new DetectorOptions(masks, request.Scales, Inpaint: inpaint, Calibration: calibration), request.EvalSize ?? meta.EvalSize);
     }
 }

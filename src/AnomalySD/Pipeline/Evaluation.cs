@@ -12,11 +12,19 @@ namespace AnomalySD.Pipeline;
 public sealed record CategoryMetrics(string Category, int Images, int Skipped, double ImageAuroc, double ImageAp, double ImageF1Max,
                                      double PixelAuroc, double PixelF1Max, double Pro, double Seconds);
 
-/// <summary>The score of one test image (for the ROC curve).</summary>
-public sealed record ScoredSample(Sample Sample, double Score);
+/// <summary>The score of one test image (for the ROC curve); <paramref name="Normalized"/> on the calibrated scale (null without calibration).</summary>
+public sealed record ScoredSample(Sample Sample, double Score, double? Normalized = null);
 
-/// <summary>An image kept for the report's heatmap overlays, with its map and ground truth.</summary>
-public sealed record ReportCase(string Label, Sample Sample, double Score, Map2D Map, BinaryMask? GroundTruth, RgbImage Image);
+/// <summary>An image kept for the report's pictures, with its map, ground truth and the inpainting of its highest-scoring mask.</summary>
+public sealed record ReportCase(string Label, Sample Sample, double Score, Map2D Map, BinaryMask? GroundTruth, RgbImage Image, RgbImage? Restored = null);
+
+/// <summary>Image-level decisions at the calibrated threshold (normalised score &gt;= 0.5) against the labels.</summary>
+public sealed record DecisionMetrics(double Threshold, int TruePositives, int FalsePositives, int FalseNegatives, int TrueNegatives)
+{
+    public double Precision => TruePositives + FalsePositives == 0 ? double.NaN : TruePositives / (double)(TruePositives + FalsePositives);
+    public double Recall => TruePositives + FalseNegatives == 0 ? double.NaN : TruePositives / (double)(TruePositives + FalseNegatives);
+    public double F1 => 2.0 * TruePositives / Math.Max(1, 2 * TruePositives + FalsePositives + FalseNegatives);
+}
 
 /// <param name="Scored">Every test image's score, per category.</param>
 /// <param name="Cases">Per category: the best-detected and worst-missed anomalous image and the worst false alarm
@@ -24,7 +32,9 @@ public sealed record ReportCase(string Label, Sample Sample, double Score, Map2D
 public sealed record EvaluationResult(IReadOnlyList<CategoryMetrics> Categories, CategoryMetrics Mean, IReadOnlyList<string> Skipped,
                                       IReadOnlyDictionary<string, IReadOnlyList<ScoredSample>> Scored, double Seconds,
                                       IReadOnlyDictionary<string, IReadOnlyList<ReportCase>> Cases,
-                                      IReadOnlyDictionary<string, RestorationResult>? Restoration = null);
+                                      IReadOnlyDictionary<string, RestorationResult>? Restoration = null,
+                                      IReadOnlyDictionary<string, DecisionMetrics>? Decisions = null,
+                                      IReadOnlyDictionary<string, CategoryCalibration>? Calibration = null);
 
 /// <summary>
 /// Scores every test image of each category and computes image AUROC / AP / F1-max, pixel AUROC / F1-max and PRO
@@ -48,6 +58,7 @@ public static class Evaluation
         var scored = new Dictionary<string, IReadOnlyList<ScoredSample>>();
         var cases = new Dictionary<string, IReadOnlyList<ReportCase>>();
         var restoration = new Dictionary<string, RestorationResult>();
+        var decisions = new Dictionary<string, DecisionMetrics>();
         foreach (string category in categories)
         {
             var prompts = meta.Categories.FirstOrDefault(c => c.Category == category)
@@ -90,18 +101,19 @@ public static class Evaluation
                     skippedHere++;
                     continue;
                 }
-                var score = detector.Score(category, image, prompts.NoiseStrength);
-                images.Add(new ScoredSample(sample, score.Score));
+                var score = detector.Score(category, image, prompts.NoiseStrength, restored: true);
+                var normalization = meta.Calibration.GetValueOrDefault(category)?.Normalization;
+                images.Add(new ScoredSample(sample, score.Score, normalization?.Apply(score.Score)));
                 // Report cases show the analysis-resolution map with the ground truth at that resolution.
                 BinaryMask? CaseMask() => sample.MaskPath is null ? null : ImageIO.LoadMask(sample.MaskPath, size, w, h);
                 if (sample.IsAnomalous)
                 {
-                    if (best is null || score.Score > best.Score) best = new ReportCase("best_detected", sample, score.Score, score.SmoothedMap, CaseMask(), image);
-                    if (missed is null || score.Score < missed.Score) missed = new ReportCase("worst_missed", sample, score.Score, score.SmoothedMap, CaseMask(), image);
+                    if (best is null || score.Score > best.Score) best = new ReportCase("best_detected", sample, score.Score, score.SmoothedMap, CaseMask(), image, score.Restored);
+                    if (missed is null || score.Score < missed.Score) missed = new ReportCase("worst_missed", sample, score.Score, score.SmoothedMap, CaseMask(), image, score.Restored);
                 }
                 else
                 {
-                    if (falseAlarm is null || score.Score > falseAlarm.Score) falseAlarm = new ReportCase("worst_false_alarm", sample, score.Score, score.SmoothedMap, CaseMask(), image);
+                    if (falseAlarm is null || score.Score > falseAlarm.Score) falseAlarm = new ReportCase("worst_false_alarm", sample, score.Score, score.SmoothedMap, CaseMask(), image, score.Restored);
                     if (normalsForRestoration.Count < 4) normalsForRestoration.Add(image);
                 }
                 int eh = eval > 0 ? eval : h, ew = eval > 0 ? eval : w;
@@ -121,6 +133,14 @@ public static class Evaluation
             log.LogInformation("{Category}: image AUROC {A:F3}, pixel AUROC {P:F3}, PRO {Pro:F3} ({N} images, {S:F0} s)", category, m.ImageAuroc, m.PixelAuroc, m.Pro, m.Images, m.Seconds);
             results.Add(m);
             scored[category] = images;
+            if (meta.Calibration.GetValueOrDefault(category) is { } cal)
+            {
+                int tp = images.Count(i => i.Sample.IsAnomalous && i.Normalized >= 0.5), fp = images.Count(i => !i.Sample.IsAnomalous && i.Normalized >= 0.5);
+                int fn = images.Count(i => i.Sample.IsAnomalous && i.Normalized < 0.5), tn = images.Count(i => !i.Sample.IsAnomalous && i.Normalized < 0.5);
+                decisions[category] = new DecisionMetrics(cal.Normalization.Threshold, tp, fp, fn, tn);
+                log.LogInformation("{Category}: at the calibrated threshold: precision {P:F3}, recall {R:F3}, F1 {F:F3}", category,
+                                   decisions[category].Precision, decisions[category].Recall, decisions[category].F1);
+            }
             cases[category] = new[] { best, missed, falseAlarm }.OfType<ReportCase>().DistinctBy(c => c.Sample.ImagePath).ToList();
             if (options.Masks != MaskStrategy.Prototype)
             {
@@ -139,7 +159,7 @@ public static class Evaluation
         var mean = new CategoryMetrics("mean", results.Sum(r => r.Images), results.Sum(r => r.Skipped), Mean(results, r => r.ImageAuroc),
             Mean(results, r => r.ImageAp), Mean(results, r => r.ImageF1Max), Mean(results, r => r.PixelAuroc), Mean(results, r => r.PixelF1Max),
             Mean(results, r => r.Pro), results.Sum(r => r.Seconds));
-        return new EvaluationResult(results, mean, skipped, scored, total.Elapsed.TotalSeconds, cases, restoration);
+        return new EvaluationResult(results, mean, skipped, scored, total.Elapsed.TotalSeconds, cases, restoration, decisions, meta.Calibration);
     }
 
     /// <summary>Every n-th sample so that normal and anomalous images both stay represented.</summary>

@@ -4,6 +4,7 @@ using System.Text.Json.Serialization;
 using AnomalySD.Data;
 using AnomalySD.Engine;
 using AnomalySD.Prompts;
+using AnomalySD.Scoring;
 using AnomalySD.Text;
 using Microsoft.Extensions.Logging;
 
@@ -23,13 +24,15 @@ namespace AnomalySD.Pipeline;
 /// <param name="WindowContext">Inpainting window context (null = <see cref="Resolutions.DefaultWindowContext"/>).</param>
 /// <param name="EvalSize">Evaluation resolution recorded as the checkpoint's default (null = 256; 0 = original size).</param>
 /// <param name="FeatureAggregation">PatchCore local aggregation of prototype features (null = the default; 1 = off, odd k).</param>
+/// <param name="Calibration">Calibration from the shots at fit time (λ, fusion weights, thresholds per category); null = off, the
+/// paper's fixed values.</param>
 public sealed record FitOptions(
     string Model = "compact", int Shots = 1, int? ShotSeed = null, int ImageSize = 0, int UnetSteps = 300, int DecoderSteps = 100,
     int AutoencoderSteps = 300, int BatchSize = 8, double LearningRate = 1e-4, ulong Seed = 0, string Device = "cpu",
     AsdDtypeName Dtype = AsdDtypeName.F32, DistanceKind Distance = DistanceKind.Resnet18Uniform, string? AlexNetPath = null,
     string? LpipsPath = null, string? ResNet18Path = null, string? PromptsPath = null, string? ForegroundMasksDir = null,
     MixedPrecisionMode MixedPrecision = MixedPrecisionMode.No, int AnalysisSize = 0, WindowContext? WindowContext = null, int? EvalSize = null,
-    int? FeatureAggregation = null)
+    int? FeatureAggregation = null, CalibrationOptions? Calibration = null)
 {
     public bool IsCompact => string.Equals(Model, "compact", StringComparison.OrdinalIgnoreCase);
     public int ResolvedImageSize => ImageSize > 0 ? ImageSize : Resolutions.DefaultInpaintSize(IsCompact);
@@ -46,6 +49,7 @@ public sealed record FitOptions(
         if (ResolvedEvalSize < 0) throw new ArgumentException($"eval size {ResolvedEvalSize} must be >= 0 (0 = original size)");
         if (ResolvedFeatureAggregation < 1 || ResolvedFeatureAggregation % 2 == 0)
             throw new ArgumentException($"feature aggregation {ResolvedFeatureAggregation} must be odd and >= 1 (1 = off, 3 = PatchCore)");
+        Calibration?.Validate();
     }
 }
 
@@ -79,6 +83,9 @@ public sealed record CheckpointMetadata(int ImageSize, string ModelSource, int S
     /// <summary>PatchCore local aggregation the prototype banks were built with (1 = off).</summary>
     public int FeatureAggregation { get; init; } = 1;
 
+    /// <summary>Per-category calibration made at fit time (empty: none, the paper's fixed values; older checkpoints have none).</summary>
+    public IReadOnlyDictionary<string, CategoryCalibration> Calibration { get; init; } = new Dictionary<string, CategoryCalibration>();
+
     public JsonObject ToJson() => new()
     {
         ["image_size"] = ImageSize,
@@ -86,6 +93,7 @@ public sealed record CheckpointMetadata(int ImageSize, string ModelSource, int S
         ["eval_size"] = EvalSize,
         ["window_context"] = WindowContext.ToString(),
         ["feature_aggregation"] = FeatureAggregation,
+        ["calibration"] = Calibration.Count == 0 ? null : new JsonObject(Calibration.Select(kv => new KeyValuePair<string, JsonNode?>(kv.Key, kv.Value.ToJson()))),
         ["model_source"] = ModelSource,
         ["shots"] = Shots,
         ["distance"] = Distance,
@@ -125,6 +133,9 @@ public sealed record CheckpointMetadata(int ImageSize, string ModelSource, int S
             AnalysisSize = j["analysis_size"]?.GetValue<int>() ?? 0,
             WindowContext = j["window_context"] is JsonNode w ? Pipeline.WindowContext.Parse(w.GetValue<string>()) : Pipeline.WindowContext.Full,
             FeatureAggregation = j["feature_aggregation"]?.GetValue<int>() ?? 1,
+            Calibration = j["calibration"] is JsonObject cal
+                ? cal.ToDictionary(kv => kv.Key, kv => CategoryCalibration.FromJson(kv.Value!))
+                : new Dictionary<string, CategoryCalibration>(),
         };
         return j["eval_size"] is JsonNode e ? meta with { EvalSize = e.GetValue<int>() } : meta;
     }
@@ -138,6 +149,14 @@ public static class Fitting
         PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower,
         Converters = { new JsonStringEnumConverter(JsonNamingPolicy.SnakeCaseLower) },
     };
+
+    /// <summary>A hash of a string that does not change between processes (string.GetHashCode does).</summary>
+    public static int StableHash(string s)
+    {
+        uint h = 2166136261;
+        foreach (char ch in s) h = (h ^ ch) * 16777619;
+        return (int)(h & 0x7FFFFFFF);
+    }
 
     /// <summary>The tokenizer of a model source: the folder's CLIP tokenizer, or the hash tokenizer of the compact preset.</summary>
     public static IPromptTokenizer TokenizerFor(string modelSource, string kind) =>
@@ -202,6 +221,23 @@ public static class Fitting
 
             foreach (var p in prompts) model.SetCategory(p.Category, tokenizer.EncodePadded(p.All), tokenizer.MaxLength);
             foreach (string category in categories) model.AddPrototypes(category, shotImages[category]);
+            var calibration = new Dictionary<string, CategoryCalibration>();
+            if (o.Calibration is { } co && o.Shots > 0)
+            {
+                var watch = System.Diagnostics.Stopwatch.StartNew();
+                var detector = new AnomalyDetector(model, new DetectorOptions(MaskStrategy.Full, co.Scales,
+                    Inpaint: new InpaintOptions(co.NumInferenceSteps, 0.4, 0, o.Seed, WindowContext: window.ForEngine, InpaintSize: o.ResolvedImageSize)));
+                foreach (var (category, p) in categories.Zip(prompts))
+                {
+                    // Calibration images come from the shots alone; cut-paste may borrow another category's first shot.
+                    var others = categories.Where(c => c != category).Select(c => shotImages[c][0]).ToList();
+                    var samples = CalibrationSet.Build(shotImages[category], foregrounds[category], p.ObjectType == ObjectType.Texture || p.RotationInvariant,
+                                                       others, co.Normals, co.Defectives, co.Seed + StableHash(category));
+                    calibration[category] = Calibrator.Calibrate(detector, category, samples, co, log, p.NoiseStrength);
+                    log.LogInformation("{Category}: calibrated {Choice} ({Seconds:F0} s so far)", category, calibration[category], watch.Elapsed.TotalSeconds);
+                    progress?.Invoke("calibrate", calibration.Count, categories.Count);
+                }
+            }
             var metadata = new CheckpointMetadata(o.ResolvedImageSize, o.IsCompact ? "compact" : Path.GetFullPath(o.Model), o.Shots,
                 o.Distance == DistanceKind.LpipsAlex ? "lpips_alex" : "resnet18_uniform", prompts, shotPaths, tokenizerKind)
             {
@@ -210,6 +246,7 @@ public static class Fitting
                 EvalSize = o.ResolvedEvalSize,
                 WindowContext = window,
                 FeatureAggregation = o.ResolvedFeatureAggregation,
+                Calibration = calibration,
             };
             return (model, metadata);
         }

@@ -41,6 +41,53 @@ public static class Visuals
         return result;
     }
 
+    /// <summary>Pixels between the tiles of a <see cref="Panel"/>.</summary>
+    public const int PanelGap = 4;
+
+    /// <summary>
+    /// A case as a strip of five tiles of the image's size, left to right (as anomalib's visualiser and the paper's Fig. 3):
+    /// <list type="number">
+    /// <item>the image;</item>
+    /// <item>the anomaly map on a fixed scale (<paramref name="normalized"/>, values in [0, 1], 0.5 = the calibrated threshold)
+    /// blended over the image, more opaque where the score is higher, so the product stays visible;</item>
+    /// <item>the predicted region (<paramref name="predicted"/>: the map at the calibrated pixel threshold) in red over the image
+    /// (the image alone when null);</item>
+    /// <item>the ground-truth contour in green over the image (the image alone when there is no mask);</item>
+    /// <item>the inpainted "normal" image of the mask that scored highest (grey when there is none).</item>
+    /// </list>
+    /// Tile k starts at x = k · (width + <see cref="PanelGap"/>); the gaps are black.
+    /// </summary>
+    public static Image<Rgb24> Panel(RgbImage image, Map2D normalized, BinaryMask? predicted, BinaryMask? groundTruth, RgbImage? restored)
+    {
+        int w = image.Width, h = image.Height;
+        var panel = new Image<Rgb24>(5 * w + 4 * PanelGap, h, new Rgb24(0, 0, 0));
+        byte B(float v) => (byte)Math.Clamp(v * 255 + 0.5f, 0, 255);
+        Rgb24 Pixel(RgbImage im, int y, int x) => new(B(im[0, y, x]), B(im[1, y, x]), B(im[2, y, x]));
+        static Rgb24 Mix(Rgb24 a, Rgb24 b, double t) =>
+            new((byte)(a.R * (1 - t) + b.R * t), (byte)(a.G * (1 - t) + b.G * t), (byte)(a.B * (1 - t) + b.B * t));
+        for (int y = 0; y < h; y++)
+        for (int x = 0; x < w; x++)
+        {
+            var px = Pixel(image, y, x);
+            double n = Math.Clamp(normalized[y, x], 0, 1);
+            panel[x, y] = px;
+            panel[(w + PanelGap) + x, y] = Mix(px, Colormap(n), 0.25 + 0.5 * n);
+            panel[2 * (w + PanelGap) + x, y] = predicted is not null && predicted[y, x] != 0 ? Mix(px, new Rgb24(255, 0, 0), 0.6) : px;
+            panel[3 * (w + PanelGap) + x, y] = groundTruth is not null && IsContour(groundTruth, y, x) ? new Rgb24(0, 255, 0) : px;
+            panel[4 * (w + PanelGap) + x, y] = restored is not null ? Pixel(restored, y, x) : new Rgb24(128, 128, 128);
+        }
+        return panel;
+    }
+
+    /// <summary>Whether (y, x) is a marked pixel of <paramref name="mask"/> with an unmarked 4-neighbour (or on the border).</summary>
+    public static bool IsContour(BinaryMask mask, int y, int x) =>
+        mask[y, x] != 0 && (x == 0 || y == 0 || x == mask.Width - 1 || y == mask.Height - 1 ||
+                            mask[y, x - 1] == 0 || mask[y, x + 1] == 0 || mask[y - 1, x] == 0 || mask[y + 1, x] == 0);
+
+    /// <summary>The pixels of <paramref name="map"/> at or above <paramref name="threshold"/>.</summary>
+    public static BinaryMask Region(Map2D map, double threshold) =>
+        new(map.Width, map.Height, Array.ConvertAll(map.Data, v => v >= threshold ? (byte)1 : (byte)0));
+
     /// <summary>ROC points (FPR, TPR) over all distinct thresholds, ties grouped; starts at (0, 0), ends at (1, 1).</summary>
     public static (double[] Fpr, double[] Tpr) RocCurve(IReadOnlyList<double> scores, IReadOnlyList<bool> labels)
     {
@@ -76,6 +123,14 @@ public static class ReportWriter
             ["mean"] = Row(result.Mean),
             ["skipped"] = new JsonArray(result.Skipped.Select(s => (JsonNode)JsonValue.Create(s)!).ToArray()),
             ["wall_seconds"] = result.Seconds,
+            ["calibration"] = new JsonObject((result.Calibration ?? new Dictionary<string, CategoryCalibration>()).Select(kv =>
+                new KeyValuePair<string, JsonNode?>(kv.Key, kv.Value.ToJson()))),
+            ["decisions_at_calibrated_threshold"] = new JsonObject((result.Decisions ?? new Dictionary<string, DecisionMetrics>()).Select(kv =>
+                new KeyValuePair<string, JsonNode?>(kv.Key, new JsonObject
+                {
+                    ["threshold_raw"] = kv.Value.Threshold, ["precision"] = Num(kv.Value.Precision), ["recall"] = Num(kv.Value.Recall), ["f1"] = Num(kv.Value.F1),
+                    ["tp"] = kv.Value.TruePositives, ["fp"] = kv.Value.FalsePositives, ["fn"] = kv.Value.FalseNegatives, ["tn"] = kv.Value.TrueNegatives,
+                }))),
             ["restoration"] = new JsonObject((result.Restoration ?? new Dictionary<string, RestorationResult>()).Select(kv =>
                 new KeyValuePair<string, JsonNode?>(kv.Key, new JsonObject
                 {
@@ -89,6 +144,22 @@ public static class ReportWriter
         foreach (var (k, v) in run) md.AppendLine($"- {k}: {v?.ToJsonString().Trim('"')}");
         md.AppendLine($"- wall time: {result.Seconds:F0} s").AppendLine();
         md.AppendLine(Table(result));
+        if (result.Calibration is { Count: > 0 } calibration)
+        {
+            md.AppendLine().AppendLine("Calibration (made at fit time from the shots: augmented normals and synthetic defects; no test image):").AppendLine();
+            md.AppendLine("| category | λ | weight S_ms | weight S_pg | weight E | calibration image AUROC | calibration pixel AUROC | images (normal + defective) | image threshold (raw) |");
+            md.AppendLine("|---|---|---|---|---|---|---|---|---|");
+            foreach (var (c, k) in calibration)
+                md.AppendLine(string.Create(CultureInfo.InvariantCulture,
+                    $"| {c} | {k.NoiseStrength:0.##} | {k.Weights.MultiScale:0.##} | {k.Weights.Prototype:0.##} | {k.Weights.ErrorMap:0.##} | {k.ImageAuroc:F3} | {k.PixelAuroc:F3} | {k.Normals} + {k.Defectives} | {k.Normalization.Threshold:G4} |"));
+        }
+        if (result.Decisions is { Count: > 0 } decisions)
+        {
+            md.AppendLine().AppendLine("Decisions at the calibrated threshold (normalised score >= 0.5) against the test labels:").AppendLine();
+            md.AppendLine("| category | precision | recall | F1 | TP | FP | FN | TN |").AppendLine("|---|---|---|---|---|---|---|---|");
+            foreach (var (c, d) in decisions)
+                md.AppendLine($"| {c} | {F(d.Precision)} | {F(d.Recall)} | {F(d.F1)} | {d.TruePositives} | {d.FalsePositives} | {d.FalseNegatives} | {d.TrueNegatives} |");
+        }
         if (result.Restoration is { Count: > 0 } restoration)
         {
             md.AppendLine().AppendLine("Restoration of normal appearance (held-out normal images, random rectangles; masked-region MSE, RGB in [0, 1]):").AppendLine();
@@ -108,16 +179,24 @@ public static class ReportWriter
             PlotRoc(Path.Combine(outDir, roc), category, images);
             md.AppendLine($"## {category}").AppendLine().AppendLine($"![ROC {category}]({roc})").AppendLine();
             var picks = result.Cases.GetValueOrDefault(category) ?? [];
+            var cal = result.Calibration?.GetValueOrDefault(category);
             double max = picks.Count == 0 ? 0 : picks.Max(i => i.Map.Max());
+            if (picks.Count > 0)
+                md.AppendLine(cal is null
+                    ? "Each picture: image | anomaly map (scaled to the highest score of these cases) | (no calibrated pixel threshold) | ground truth | inpainting of the highest-scoring mask"
+                    : "Each picture: image | anomaly map (normalised: 0.5 = the calibrated threshold) | predicted region at the calibrated pixel threshold | ground truth | inpainting of the highest-scoring mask")
+                  .AppendLine();
             foreach (var pick in picks)
             {
                 string file = $"{category}_{pick.Label}_{Sanitize(pick.Sample.Stem)}_{Sanitize(pick.Sample.DefectType)}.png";
-                using var overlay = Visuals.Overlay(pick.Image, pick.Map, max, pick.GroundTruth);
-                int scale = Math.Max(1, 256 / Math.Max(1, pick.Image.Width)); // small model resolutions are enlarged to be readable
+                var normalized = cal is not null ? cal.Normalization.Apply(pick.Map) : new Map2D(pick.Map.Height, pick.Map.Width, Array.ConvertAll(pick.Map.Data, v => max > 0 ? v / max : 0));
+                using var panel = Visuals.Panel(pick.Image, normalized, cal is null ? null : Visuals.Region(pick.Map, cal.PixelThreshold), pick.GroundTruth, pick.Restored);
+                int scale = Math.Max(1, 256 / Math.Max(1, pick.Image.Width)); // small resolutions are enlarged to be readable
                 if (scale > 1)
-                    overlay.Mutate(x => x.Resize(pick.Image.Width * scale, pick.Image.Height * scale, SixLabors.ImageSharp.Processing.KnownResamplers.NearestNeighbor));
-                AtomicFile.Write(Path.Combine(outDir, file), s => overlay.SaveAsPng(s));
-                md.AppendLine($"- {pick.Label}: `{pick.Sample.ImagePath}` score {pick.Score:G4} ({(pick.Sample.IsAnomalous ? "anomalous" : "normal")}) ![{pick.Label}]({file})");
+                    panel.Mutate(x => x.Resize(panel.Width * scale, panel.Height * scale, SixLabors.ImageSharp.Processing.KnownResamplers.NearestNeighbor));
+                AtomicFile.Write(Path.Combine(outDir, file), s => panel.SaveAsPng(s));
+                string normalizedScore = cal is null ? "" : string.Create(CultureInfo.InvariantCulture, $", normalised {cal.Normalization.Apply(pick.Score):F3}");
+                md.AppendLine($"- {pick.Label}: `{pick.Sample.ImagePath}` score {pick.Score:G4}{normalizedScore} ({(pick.Sample.IsAnomalous ? "anomalous" : "normal")}) ![{pick.Label}]({file})");
             }
             md.AppendLine();
         }

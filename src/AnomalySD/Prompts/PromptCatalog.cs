@@ -11,9 +11,11 @@ public enum ObjectType { Object, Texture }
 /// (section 4.2). <see cref="Coarse"/> is T¹ ("A perfect [c]."), <see cref="Fine"/> is T² (detailed normal appearance).
 /// Fine-tuning draws one prompt of <see cref="All"/> at random; inference averages the embeddings of <see cref="All"/>.
 /// </summary>
+/// <param name="RotationInvariant">Whether a rotated or flipped normal image of this object is still normal (e.g. a bottle seen
+/// from above): calibration augments with flips and rotations then. Textures always are.</param>
 public sealed record CategoryPrompts(
     string Category, string Name, IReadOnlyList<string> Coarse, IReadOnlyList<string> Fine,
-    double NoiseStrength, ObjectType ObjectType, bool IsFallback)
+    double NoiseStrength, ObjectType ObjectType, bool IsFallback, bool RotationInvariant = false)
 {
     public IReadOnlyList<string> All => [.. Coarse, .. Fine];
 }
@@ -34,6 +36,7 @@ public sealed class PromptCatalog
         [JsonPropertyName("fine")] public List<string>? Fine { get; set; }
         [JsonPropertyName("noise_strength")] public double? NoiseStrength { get; set; }
         [JsonPropertyName("object_type")] public string? ObjectType { get; set; }
+        [JsonPropertyName("rotation_invariant")] public bool? RotationInvariant { get; set; }
     }
 
     private sealed class FileDto
@@ -105,7 +108,7 @@ public sealed class PromptCatalog
             "texture" => ObjectType.Texture,
             var other => throw new InvalidDataException($"{Source}: category '{category}': object_type must be 'object' or 'texture', found '{other}'"),
         };
-        return new CategoryPrompts(category, name, coarse, fine, strength, type, isFallback);
+        return new CategoryPrompts(category, name, coarse, fine, strength, type, isFallback, e.RotationInvariant ?? type == ObjectType.Texture);
     }
 
     private void CheckStrength(double value, string key)

@@ -87,6 +87,30 @@ public static class ScoreFusion
     }
 
     /// <summary>
+    /// The fused map before smoothing: <c>w_ms · S_ms / σ_ms + w_pg · S_pg / σ_pg + w_E · E / σ_E</c> over the maps given (a null
+    /// map, or a zero weight, drops its term). With the paper's weights (1 − α, α, 0) and unit scales this is exactly
+    /// <see cref="Fuse"/> (eq. 21). A map of zeros when no term remains.
+    /// </summary>
+    public static Map2D Weighted(Map2D? multiScale, Map2D? prototypeGuided, Map2D? errorMap, FusionWeights weights, MapScales scales, int height, int width)
+    {
+        var s = new Map2D(height, width);
+        void Add(Map2D? m, double w, double scale, bool first)
+        {
+            if (m is null || w == 0) return;
+            s.RequireSameShape(m, nameof(m));
+            double k = scale == 1 ? w : w / scale;
+            if (first) for (int i = 0; i < s.Data.Length; i++) s.Data[i] = k * m.Data[i];
+            else for (int i = 0; i < s.Data.Length; i++) s.Data[i] += k * m.Data[i];
+        }
+        bool any = multiScale is not null && weights.MultiScale != 0;
+        Add(multiScale, weights.MultiScale, scales.MultiScale, first: true);
+        Add(prototypeGuided, weights.Prototype, scales.Prototype, first: !any);
+        any |= prototypeGuided is not null && weights.Prototype != 0;
+        Add(errorMap, weights.ErrorMap, scales.ErrorMap, first: !any);
+        return s;
+    }
+
+    /// <summary>
     /// The full section 4.3 head: S_ms (eq. 19) from the per-scale maps, S_map (eq. 21), its Gaussian-smoothed
     /// version (σ = 4, <see cref="GaussianSmoothing"/>), and the image score S_I = max of the smoothed map.
     /// </summary>
