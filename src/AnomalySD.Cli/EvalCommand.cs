@@ -49,6 +49,9 @@ public static class EvalCommand
             var fit = o.ToFitOptions();
             // The E-only baseline never runs the diffusion model: skip its training.
             if (o.Masks == MaskStrategy.Prototype) fit = fit with { UnetSteps = 0, DecoderSteps = 0, AutoencoderSteps = 0, Calibration = null };
+            // Calibrate with what this run scores with.
+            var request = o.ToRequest(o.EvalSize);
+            if (fit.Calibration is { } c) fit = fit with { Calibration = c with { Scales = request.Scales, NumInferenceSteps = request.NumInferenceSteps } };
             (model, meta) = Fitting.Fit(dataset, FitFlags.SelectCategories(o.Categories, dataset), fit, log, CliSupport.Progress());
             fitSeconds = watch.Elapsed.TotalSeconds;
         }

@@ -33,6 +33,7 @@ public sealed class EndToEndTests(ITestOutputHelper output) : IDisposable
             Data = TestPaths.Shared("data"), Categories = "bottle,pcb", Shots = 1, Model = "compact", ImageSize = 64,
             UnetSteps = 10, AutoencoderSteps = 10, BatchSize = 4, LearningRate = 1e-4, Out = ckpt, Seed = 5,
             MixedPrecision = MixedPrecisionMode.Bf16, // the CPU's mixed precision (fp16 autocast is CUDA only)
+            AnalysisSize = 128, CalibrationSize = "1,1", CalibrationLambdas = "0.4", // a small calibration (full default scoring: 86 masks, 50 steps)
         };
         Assert.Equal(0, FitCommand.Run(fit));
         Assert.True(File.Exists(Path.Combine(ckpt, "anomalysd.json")));
@@ -72,10 +73,10 @@ public sealed class EndToEndTests(ITestOutputHelper output) : IDisposable
         }, detectOut);
         Assert.Equal(3, rc);
         string[] lines = detectOut.ToString().Trim().Split('\n');
-        Assert.Equal("image\tscore\tdecision", lines[0]);
+        Assert.Equal("image\tscore\tnormalized\tdecision", lines[0]);
         Assert.Equal(2, lines.Length);
-        Assert.EndsWith("\tanomalous", lines[1]); // any positive score is >= threshold 0
-        Assert.True(File.Exists(Path.Combine(heat, "000_heatmap.png")));
+        Assert.EndsWith("\tanomalous", lines[1]); // any normalised score is >= threshold 0
+        Assert.True(File.Exists(Path.Combine(heat, "000_panel.png")));
 
         // Same checkpoint, same seed: identical image scores.
         using var model1 = Checkpoints.Load(ckpt, "cpu", new ScoringBackbones(), Microsoft.Extensions.Logging.Abstractions.NullLogger.Instance).Model;
@@ -83,7 +84,8 @@ public sealed class EndToEndTests(ITestOutputHelper output) : IDisposable
         Assert.Equal("bf16", meta.FitOptions!["mixed_precision"]!.GetValue<string>()); // the options are in the checkpoint
         Assert.Equal(10, meta.FitOptions["unet_steps"]!.GetValue<int>());
         // The resolutions and the window context round-trip through the checkpoint.
-        Assert.Equal((64, 256, 256, "0.5", 1), (meta.ImageSize, meta.AnalysisSize, meta.EvalSize, meta.WindowContext.ToString(), meta.FeatureAggregation));
+        Assert.Equal((64, 128, 256, "0.5", 1), (meta.ImageSize, meta.AnalysisSize, meta.EvalSize, meta.WindowContext.ToString(), meta.FeatureAggregation));
+        Assert.Equal(["bottle", "pcb"], meta.Calibration.Keys.Order().ToList());
         var setup = Checkpoints.Resolve(meta, new ScoringRequest(Scales: [1, 2], NumInferenceSteps: 10, Seed: 5));
         Assert.Equal(0.5, setup.Detector.Inpaint!.WindowContext);
         Assert.Equal(64, setup.Detector.Inpaint.InpaintSize);
