@@ -55,6 +55,7 @@ public sealed class BenchVerb : EngineFlags
     public override void Validate()
     {
         base.Validate();
+        RequireOneDevice("bench");
         Require(ImageSize >= 0 && ImageSize % 32 == 0, $"--image-size must be a positive multiple of 32 (or 0 for the default), got {ImageSize}");
         Require(AnalysisSize >= 0 && AnalysisSize % 32 == 0, $"--analysis-size must be a positive multiple of 32 (or 0 for the default), got {AnalysisSize}");
         Require(Images >= 1, $"--images must be >= 1, got {Images}");

@@ -15,6 +15,7 @@ public sealed class FitVerb : FitFlags
     public override void Validate()
     {
         base.Validate();
+        RequireOneDevice("fit");
         string? scoring = GivenScoringFlags().FirstOrDefault();
         Require(scoring is null, $"{scoring} is a scoring flag: give it to eval or detect, not to fit");
     }

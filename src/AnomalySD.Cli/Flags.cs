@@ -10,8 +10,29 @@ public abstract class EngineFlags
     [Option("seed", Default = 0UL, HelpText = "Seed of every random choice (training batches, masks, inpainting noise).")]
     public ulong Seed { get; set; } = 0UL;
 
-    [Option("device", Default = "cpu", HelpText = "cpu, cuda or cuda:N.")]
+    [Option("device", Default = "cpu", HelpText = "cpu, cuda or cuda:N; eval also takes a list (cuda:0,cuda:1, cuda:all, or cpu,cpu): one engine per device, one queue of images.")]
     public string Device { get; set; } = "cpu";
+
+    /// <summary>The devices of --device: a comma-separated list, "cuda:all" expanding to every CUDA device.</summary>
+    public IReadOnlyList<string> Devices()
+    {
+        var list = new List<string>();
+        foreach (string d in CliSupport.SplitList(Device))
+        {
+            if (d == "cuda:all")
+            {
+                var cuda = AnomalySD.Engine.EngineInfo.Query().CudaDevices;
+                if (cuda.Count == 0) throw new ArgumentException("--device cuda:all: no CUDA device is available");
+                list.AddRange(Enumerable.Range(0, cuda.Count).Select(i => $"cuda:{i}"));
+            }
+            else list.Add(d);
+        }
+        return list;
+    }
+
+    /// <summary>Verbs that run one engine refuse a device list.</summary>
+    protected void RequireOneDevice(string verb) =>
+        Require(CliSupport.SplitList(Device).Count == 1 && Device != "cuda:all", $"--device '{Device}': {verb} runs one engine; give one device (cpu, cuda or cuda:N)");
 
     [Option("config", HelpText = "JSON options file: keys are the long flag names (e.g. {\"shots\": 1}); flags on the command line win.")]
     public string? Config { get; set; }
@@ -26,8 +47,11 @@ public abstract class EngineFlags
     public virtual void Validate()
     {
         Require(Threads is null or >= 1, $"--threads must be >= 1, got {Threads}");
-        Require(Device == "cpu" || Device == "cuda" || System.Text.RegularExpressions.Regex.IsMatch(Device, @"^cuda:\d{1,4}$"),
-                $"--device '{Device}' must be cpu, cuda or cuda:N");
+        var devices = CliSupport.SplitList(Device);
+        Require(devices.Count >= 1, "--device is empty");
+        foreach (string d in devices)
+            Require(d == "cpu" || d == "cuda" || d == "cuda:all" || System.Text.RegularExpressions.Regex.IsMatch(d, @"^cuda:\d{1,4}$"),
+                    $"--device '{d}' must be cpu, cuda, cuda:N or cuda:all");
     }
 
     protected static void Require(bool condition, string message)

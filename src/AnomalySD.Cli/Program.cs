@@ -11,7 +11,7 @@ try
 {
     args = CliSupport.ExpandConfig(args);
     var parser = new Parser(s => { s.HelpWriter = null; s.CaseInsensitiveEnumValues = true; });
-    var parsed = parser.ParseArguments<InfoVerb, FitVerb, EvalVerb, DetectVerb, BenchVerb, DemoVerb>(args);
+    var parsed = parser.ParseArguments<InfoVerb, FitVerb, EvalVerb, DetectVerb, BenchVerb, DemoVerb, MergeVerb>(args);
     return parsed.MapResult(
         (InfoVerb o) => InfoCommand.Run(o, Console.Out),
         (FitVerb o) => Run(o, () => FitCommand.Run(o)),
@@ -19,6 +19,7 @@ try
         (DetectVerb o) => Run(o, () => DetectCommand.Run(o, Console.Out)),
         (BenchVerb o) => Run(o, () => BenchCommand.Run(o, Console.Out)),
         (DemoVerb o) => Run(o, () => DemoCommand.Run(o)),
+        (MergeVerb o) => MergeCommand.Run(o),
         errors => ReportParseErrors(parsed, errors.ToList()));
 }
 catch (Exception e) when (e is AsdException or DllNotFoundException or IOException or InvalidDataException or ImageLoadException

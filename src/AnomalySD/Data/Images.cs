@@ -107,6 +107,28 @@ public static class ImageIO
         return new BinaryMask(image.Width, image.Height, data);
     }
 
+    /// <summary><paramref name="image"/> resized to <paramref name="width"/> x <paramref name="height"/> (bicubic), for pictures.</summary>
+    public static RgbImage Resize(RgbImage image, int width, int height)
+    {
+        using var img = new Image<Rgb24>(image.Width, image.Height);
+        for (int y = 0; y < image.Height; y++)
+        for (int x = 0; x < image.Width; x++)
+            img[x, y] = new Rgb24(ToByte(image[0, y, x]), ToByte(image[1, y, x]), ToByte(image[2, y, x]));
+        img.Mutate(c => c.Resize(new ResizeOptions { Size = new Size(width, height), Mode = ResizeMode.Stretch, Sampler = KnownResamplers.Bicubic }));
+        var data = new float[3 * width * height];
+        for (int y = 0; y < height; y++)
+        for (int x = 0; x < width; x++)
+        {
+            var p = img[x, y];
+            data[y * width + x] = p.R / 255f;
+            data[width * height + y * width + x] = p.G / 255f;
+            data[2 * width * height + y * width + x] = p.B / 255f;
+        }
+        return new RgbImage(width, height, data);
+    }
+
+    private static byte ToByte(float v) => (byte)Math.Clamp(MathF.Round(v * 255), 0, 255);
+
     /// <summary>Width and height of an image file as displayed (after its EXIF orientation: 5-8 swap the sides), without
     /// decoding its pixels.</summary>
     /// <exception cref="ImageLoadException">missing or unrecognised file, or a header beyond the limits.</exception>

@@ -1,0 +1,278 @@
+using System.Globalization;
+using System.Security.Cryptography;
+using System.Text;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using AnomalySD.Data;
+using AnomalySD.Engine;
+using AnomalySD.Native;
+
+namespace AnomalySD.Pipeline;
+
+/// <summary>
+/// Shard <see cref="Index"/> of <see cref="Count"/>: the test images whose stable hash (FNV-1a 64 of the UTF-8 path relative to
+/// the dataset root, '/' separated) is Index modulo Count. The same image always lands in the same shard, so a re-run or retried
+/// shard scores exactly its images again, whatever machine or process runs it.
+/// </summary>
+public readonly record struct ShardSpec(int Index, int Count)
+{
+    /// <summary>"I/N" with 0 &lt;= I &lt; N.</summary>
+    /// <exception cref="ArgumentException">anything else.</exception>
+    public static ShardSpec Parse(string text)
+    {
+        var parts = text.Split('/');
+        if (parts.Length == 2 && int.TryParse(parts[0], NumberStyles.None, CultureInfo.InvariantCulture, out int i) &&
+            int.TryParse(parts[1], NumberStyles.None, CultureInfo.InvariantCulture, out int n) && n >= 1 && i < n)
+            return new ShardSpec(i, n);
+        throw new ArgumentException($"--shard '{text}' must be I/N with 0 <= I < N (e.g. 0/4)");
+    }
+
+    /// <summary>
+    /// The shard a batch scheduler gave this process: Kubernetes Indexed Jobs set JOB_COMPLETION_INDEX (the count comes from
+    /// <paramref name="shardCount"/>, i.e. --shard-count, the Job's completions); Slurm job arrays set SLURM_ARRAY_TASK_ID and
+    /// SLURM_ARRAY_TASK_COUNT (and SLURM_ARRAY_TASK_MIN, subtracted, for arrays that do not start at 0). Null when neither is set.
+    /// </summary>
+    /// <exception cref="ArgumentException">a variable that is set but not usable (naming it).</exception>
+    public static ShardSpec? FromEnvironment(int? shardCount, Func<string, string?> env)
+    {
+        static int Number(string name, string value) => int.TryParse(value, NumberStyles.None, CultureInfo.InvariantCulture, out int v)
+            ? v : throw new ArgumentException($"environment variable {name}='{value}' is not a non-negative integer");
+        if (env("JOB_COMPLETION_INDEX") is { Length: > 0 } k8s)
+        {
+            if (shardCount is not int n) throw new ArgumentException("JOB_COMPLETION_INDEX is set (a Kubernetes Indexed Job): give --shard-count, the Job's completions");
+            return Checked(Number("JOB_COMPLETION_INDEX", k8s), n, "JOB_COMPLETION_INDEX");
+        }
+        if (env("SLURM_ARRAY_TASK_ID") is { Length: > 0 } slurm)
+        {
+            int id = Number("SLURM_ARRAY_TASK_ID", slurm);
+            int min = env("SLURM_ARRAY_TASK_MIN") is { Length: > 0 } m ? Number("SLURM_ARRAY_TASK_MIN", m) : 0;
+            int count = shardCount ?? (env("SLURM_ARRAY_TASK_COUNT") is { Length: > 0 } c ? Number("SLURM_ARRAY_TASK_COUNT", c)
+                : throw new ArgumentException("SLURM_ARRAY_TASK_ID is set but SLURM_ARRAY_TASK_COUNT is not: give --shard-count"));
+            return Checked(id - min, count, "SLURM_ARRAY_TASK_ID");
+        }
+        return null;
+    }
+
+    private static ShardSpec Checked(int index, int count, string source) =>
+        count >= 1 && index >= 0 && index < count ? new ShardSpec(index, count)
+            : throw new ArgumentException($"{source} gives shard {index} of {count}: the index must be in [0, {count})");
+
+    public bool Contains(string relativePath) => Hash(relativePath) % (ulong)Count == (ulong)Index;
+
+    /// <summary>FNV-1a 64 of the UTF-8 bytes.</summary>
+    public static ulong Hash(string s)
+    {
+        ulong h = 14695981039346656037UL;
+        foreach (byte b in Encoding.UTF8.GetBytes(s)) h = (h ^ b) * 1099511628211UL;
+        return h;
+    }
+
+    /// <summary><paramref name="path"/> relative to <paramref name="root"/>, with '/' separators.</summary>
+    public static string RelativePath(string root, string path) => Path.GetRelativePath(Path.GetFullPath(root), Path.GetFullPath(path)).Replace('\\', '/');
+
+    public override string ToString() => $"{Index}/{Count}";
+}
+
+/// <summary>
+/// The files of one evaluation shard, written into a staging folder and renamed into place only when complete, so a shard that
+/// dies halfway leaves no folder that <see cref="ShardMerge"/> accepts:
+/// <list type="bullet">
+/// <item><c>scores.jsonl</c>: one JSON object per scored image: category, index, path (relative to the dataset root), label
+/// (0 normal, 1 anomalous), defect type, raw score and normalised score (null without calibration);</item>
+/// <item><c>maps/&lt;category&gt;.safetensors</c>: per image <c>&lt;index&gt;.map</c> (the smoothed map at the evaluation resolution,
+/// float32, bit for bit) and <c>&lt;index&gt;.mask</c> (its ground truth, 0/1 in float16, exact): lossless, unlike a PNG;</item>
+/// <item><c>manifest.json</c>, written last: format, the checkpoint's fingerprint, the scoring options, the shard index and
+/// count, the categories, images and skipped files per category, the calibration used.</item>
+/// </list>
+/// </summary>
+public sealed class ShardWriter : IDisposable
+{
+    public const string Format = "anomalysd-eval-shard";
+    public const int FormatVersion = 1;
+    private readonly string _out, _staging;
+    private readonly StreamWriter _scores;
+    private readonly Dictionary<string, TensorMap> _maps = new();
+    private readonly Dictionary<string, int> _images = new();
+    private bool _committed;
+
+    private readonly string? _root;
+
+    /// <param name="outDir">The shard's folder (replaced as a whole on commit).</param>
+    /// <param name="datasetRoot">Paths in scores.jsonl are written relative to it.</param>
+    public ShardWriter(string outDir, string? datasetRoot = null)
+    {
+        _root = datasetRoot;
+        _out = Path.GetFullPath(outDir).TrimEnd(Path.DirectorySeparatorChar);
+        string parent = Path.GetDirectoryName(_out)!;
+        Directory.CreateDirectory(parent);
+        _staging = Path.Combine(parent, $".{Path.GetFileName(_out)}.staging-{Environment.ProcessId}-{Guid.NewGuid():N}");
+        Directory.CreateDirectory(Path.Combine(_staging, "maps"));
+        _scores = new StreamWriter(Path.Combine(_staging, "scores.jsonl"), append: false, new UTF8Encoding(false));
+    }
+
+    public void Add(ImageRecord r)
+    {
+        var line = new JsonObject
+        {
+            ["category"] = r.Category, ["index"] = r.Index, ["path"] = _root is null ? r.Sample.ImagePath : ShardSpec.RelativePath(_root, r.Sample.ImagePath),
+            ["label"] = r.Sample.IsAnomalous ? 1 : 0, ["defect_type"] = r.Sample.DefectType, ["score"] = r.Score, ["normalized"] = r.Normalized,
+            ["file"] = Path.GetFullPath(r.Sample.ImagePath), ["mask_file"] = r.Sample.MaskPath is null ? null : Path.GetFullPath(r.Sample.MaskPath),
+        };
+        _scores.WriteLine(line.ToJsonString());
+        if (!_maps.TryGetValue(r.Category, out var map)) _maps[r.Category] = map = TensorMap.Create();
+        map.SetFloat32($"{r.Index}.map", r.Map, [r.Height, r.Width]);
+        map.SetFloat32($"{r.Index}.mask", Array.ConvertAll(r.Mask, v => (float)v), [r.Height, r.Width], AsdDtype.F16);
+        _images[r.Category] = _images.GetValueOrDefault(r.Category) + 1;
+    }
+
+    /// <summary>Writes the maps and the manifest, then renames the staging folder to the output folder (replacing a previous one).</summary>
+    public void Commit(JsonObject manifest)
+    {
+        _scores.Flush();
+        _scores.Dispose();
+        foreach (var (category, map) in _maps) map.Save(Path.Combine(_staging, "maps", MapFile(category)));
+        manifest["format"] = Format;
+        manifest["format_version"] = FormatVersion;
+        manifest["images"] = new JsonObject(_images.Select(kv => new KeyValuePair<string, JsonNode?>(kv.Key, kv.Value)));
+        AtomicFile.WriteText(Path.Combine(_staging, "manifest.json"), manifest.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+        string? old = null;
+        if (Directory.Exists(_out))
+        {
+            old = _staging + ".old";
+            Directory.Move(_out, old);
+        }
+        Directory.Move(_staging, _out);
+        if (old is not null) Directory.Delete(old, recursive: true);
+        _committed = true;
+    }
+
+    /// <summary>The safetensors file of a category's maps (category names are folder names; anything else is escaped).</summary>
+    public static string MapFile(string category) =>
+        string.Concat(category.Select(ch => char.IsLetterOrDigit(ch) || ch is '-' or '_' or '.' ? ch.ToString() : $"%{(int)ch:X2}")) + ".safetensors";
+
+    public void Dispose()
+    {
+        if (!_committed)
+        {
+            _scores.Dispose();
+            try { Directory.Delete(_staging, recursive: true); } catch (IOException) { } catch (UnauthorizedAccessException) { }
+        }
+        foreach (var map in _maps.Values) map.Dispose();
+    }
+
+    /// <summary>
+    /// A fingerprint of a checkpoint folder: SHA-256 over every file's relative path, size and the SHA-256 of its first and last
+    /// MiB. Cheap on multi-GB SD weights, and any retraining, re-save or edit of the metadata changes it.
+    /// </summary>
+    public static string CheckpointFingerprint(string folder)
+    {
+        using var total = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
+        var root = Path.GetFullPath(folder);
+        foreach (string file in Directory.EnumerateFiles(root, "*", SearchOption.AllDirectories).Order(StringComparer.Ordinal))
+        {
+            var info = new FileInfo(file);
+            total.AppendData(Encoding.UTF8.GetBytes($"{Path.GetRelativePath(root, file).Replace('\\', '/')}\n{info.Length}\n"));
+            using var stream = File.OpenRead(file);
+            var buffer = new byte[Math.Min(info.Length, 1 << 20)];
+            stream.ReadExactly(buffer);
+            total.AppendData(SHA256.HashData(buffer));
+            if (info.Length > buffer.Length)
+            {
+                stream.Seek(-buffer.Length, SeekOrigin.End);
+                stream.ReadExactly(buffer);
+                total.AppendData(SHA256.HashData(buffer));
+            }
+        }
+        return Convert.ToHexString(total.GetHashAndReset()).ToLowerInvariant();
+    }
+}
+
+/// <summary>A shard folder read back.</summary>
+public sealed record ShardData(string Folder, JsonObject Manifest, IReadOnlyList<ImageRecord> Records);
+
+/// <summary>
+/// Merges the folders of an N-shard evaluation: every manifest must agree on everything but the shard index, and shards 0..N-1
+/// must all be present exactly once (missing, duplicated and mismatched shards are named). The records are then accumulated per
+/// category in index order, exactly as one process accumulates them, so image metrics are identical and pixel metrics and PRO
+/// equal to the last bit.
+/// </summary>
+public static class ShardMerge
+{
+    /// <exception cref="InvalidDataException">a folder is not a complete shard, shards are missing, duplicated or disagree.</exception>
+    public static (JsonObject Manifest, IReadOnlyList<ShardData> Shards) Check(IReadOnlyList<string> folders)
+    {
+        if (folders.Count == 0) throw new InvalidDataException("merge needs the shard folders");
+        var manifests = new List<(string Folder, JsonObject Manifest)>();
+        foreach (string folder in folders)
+        {
+            string path = Path.Combine(folder, "manifest.json");
+            if (!File.Exists(path))
+                throw new InvalidDataException($"'{folder}' is not a complete shard: it has no manifest.json (a shard that did not finish leaves only a hidden .staging folder; rerun it)");
+            JsonObject m;
+            try { m = JsonNode.Parse(File.ReadAllText(path)) as JsonObject ?? throw new InvalidDataException($"{path}: not a JSON object"); }
+            catch (JsonException e) { throw new InvalidDataException($"{path}: not valid JSON ({e.Message})", e); }
+            if (m["format"]?.GetValue<string>() != ShardWriter.Format || m["format_version"]?.GetValue<int>() != ShardWriter.FormatVersion)
+                throw new InvalidDataException($"{path}: not an AnomalySD evaluation shard of format version {ShardWriter.FormatVersion}");
+            manifests.Add((folder, m));
+        }
+        var reference = manifests[0];
+        int count = reference.Manifest["shard_count"]!.GetValue<int>();
+        foreach (var (folder, m) in manifests.Skip(1))
+        {
+            foreach (string key in new[] { "checkpoint_fingerprint", "options", "shard_count", "categories", "calibration" })
+            {
+                string a = reference.Manifest[key]?.ToJsonString() ?? "null", b = m[key]?.ToJsonString() ?? "null";
+                if (a != b)
+                    throw new InvalidDataException($"shard '{folder}' does not match shard '{reference.Folder}': its {key} differs ({Short(b)} vs {Short(a)}); shards must come from one checkpoint and one set of options");
+            }
+        }
+        var byIndex = manifests.GroupBy(m => m.Manifest["shard_index"]!.GetValue<int>()).ToDictionary(g => g.Key, g => g.ToList());
+        var duplicated = byIndex.Where(kv => kv.Value.Count > 1).Select(kv => $"shard {kv.Key} given {kv.Value.Count} times ({string.Join(", ", kv.Value.Select(v => v.Folder))})").ToList();
+        if (duplicated.Count > 0) throw new InvalidDataException(string.Join("; ", duplicated));
+        var outOfRange = byIndex.Keys.Where(i => i < 0 || i >= count).ToList();
+        if (outOfRange.Count > 0) throw new InvalidDataException($"shard index {string.Join(", ", outOfRange)} is outside 0..{count - 1}");
+        var missing = Enumerable.Range(0, count).Where(i => !byIndex.ContainsKey(i)).ToList();
+        if (missing.Count > 0)
+            throw new InvalidDataException($"missing shard{(missing.Count > 1 ? "s" : "")} {string.Join(", ", missing.Select(i => $"{i}/{count}"))} of {count}: run {(missing.Count > 1 ? "them" : "it")} (or rerun a failed one) before merging");
+        return (reference.Manifest, manifests.Select(m => Read(m.Folder, m.Manifest)).ToList());
+    }
+
+    private static string Short(string s) => s.Length > 80 ? s[..77] + "..." : s;
+
+    /// <summary>Reads a shard's records (scores and lossless maps).</summary>
+    public static ShardData Read(string folder, JsonObject manifest)
+    {
+        var records = new List<ImageRecord>();
+        var maps = new Dictionary<string, TensorMap>();
+        try
+        {
+            int line = 0;
+            foreach (string text in File.ReadLines(Path.Combine(folder, "scores.jsonl")))
+            {
+                line++;
+                if (text.Length == 0) continue;
+                var j = JsonNode.Parse(text) ?? throw new InvalidDataException($"{folder}/scores.jsonl line {line}: empty");
+                string category = j["category"]!.GetValue<string>();
+                int index = j["index"]!.GetValue<int>();
+                if (!maps.TryGetValue(category, out var map)) maps[category] = map = TensorMap.Load(Path.Combine(folder, "maps", ShardWriter.MapFile(category)));
+                var info = map.Info($"{index}.map");
+                var sample = new Sample(category, j["file"]!.GetValue<string>(), j["label"]!.GetValue<int>() == 1, j["defect_type"]?.GetValue<string>() ?? "",
+                                        j["mask_file"]?.GetValue<string>());
+                records.Add(new ImageRecord(category, index, sample, j["score"]!.GetValue<double>(), j["normalized"]?.GetValue<double>(),
+                    map.GetFloat32($"{index}.map"), Array.ConvertAll(map.GetFloat32($"{index}.mask"), v => v != 0 ? (byte)1 : (byte)0),
+                    (int)info.Shape[0], (int)info.Shape[1]));
+            }
+        }
+        catch (Exception e) when (e is JsonException or KeyNotFoundException or NullReferenceException or AsdException or IOException)
+        {
+            throw new InvalidDataException($"shard '{folder}' is corrupt: {e.Message}", e);
+        }
+        finally
+        {
+            foreach (var m in maps.Values) m.Dispose();
+        }
+        var expected = manifest["images"]?.AsObject().Sum(kv => kv.Value!.GetValue<int>()) ?? 0;
+        if (records.Count != expected) throw new InvalidDataException($"shard '{folder}' is corrupt: its manifest counts {expected} images, scores.jsonl has {records.Count}");
+        return new ShardData(folder, manifest, records);
+    }
+}
