@@ -23,20 +23,10 @@ public sealed class DetectVerb : ScoringFlags
     [Option("threshold", HelpText = "Decision threshold on the normalised score (default 0.5, the calibrated threshold); for an uncalibrated checkpoint, on the raw score (default: no decision).")]
     public double? Threshold { get; set; }
 
-    [Option("shard", HelpText = "Score only shard I/N of the inputs (by a stable hash of each input's output name); default from JOB_COMPLETION_INDEX (with --shard-count) or SLURM_ARRAY_TASK_ID/COUNT.")]
-    public string? Shard { get; set; }
-
-    [Option("shard-count", HelpText = "N of --shard when the index comes from JOB_COMPLETION_INDEX (the Indexed Job's completions).")]
-    public int? ShardCount { get; set; }
-
-    public ShardSpec? ResolvedShard() => Shard is not null ? ShardSpec.Parse(Shard) : ShardSpec.FromEnvironment(ShardCount, Environment.GetEnvironmentVariable);
-
     public override void Validate()
     {
         base.Validate();
         RequireOneDevice("detect");
-        Require(ShardCount is null or >= 1, $"--shard-count must be >= 1, got {ShardCount}");
-        _ = ResolvedShard();
     }
 
     [Option("out", HelpText = "Folder for a picture per image (image | map | predicted region | (no ground truth) | inpainting), named after the input's path; locked while detect runs.")]

@@ -20,19 +20,10 @@ public sealed class EvalVerb : FitFlags
     [Option("max-images", HelpText = "Evaluate at most N test images per category (spread over normal and anomalous).")]
     public int? MaxImages { get; set; }
 
-    [Option("shard", HelpText = "Score only shard I/N of the test images (by a stable hash of their paths) and write scores and maps for merge; needs --checkpoint. Default from JOB_COMPLETION_INDEX (with --shard-count) or SLURM_ARRAY_TASK_ID/COUNT.")]
-    public string? Shard { get; set; }
-
-    [Option("shard-count", HelpText = "N of --shard when the index comes from JOB_COMPLETION_INDEX (the Indexed Job's completions).")]
-    public int? ShardCount { get; set; }
-
-    public ShardSpec? ResolvedShard() => Shard is not null ? ShardSpec.Parse(Shard) : ShardSpec.FromEnvironment(ShardCount, Environment.GetEnvironmentVariable);
-
     public override void Validate()
     {
         base.Validate();
         Require(MaxImages is null || MaxImages >= 1, $"--max-images must be >= 1, got {MaxImages}");
-        Require(ShardCount is null or >= 1, $"--shard-count must be >= 1, got {ShardCount}");
         if (ResolvedShard() is { } shard) Require(Checkpoint is not null, $"shard {shard}: a shard never fits; write the checkpoint once with fit and pass --checkpoint");
         Require(CliSupport.SplitList(Device).Count == 1 || Checkpoint is not null, $"--device '{Device}': several engines need a checkpoint written by fit (--checkpoint)");
     }

@@ -129,9 +129,19 @@ public abstract class ScoringFlags : ModelFlags
     [Option("inpaint-batch", HelpText = "Masks per UNet batch (default 0: from available memory).")]
     public int? InpaintBatch { get; set; }
 
+    [Option("shard", HelpText = "Score only shard I/N (by a stable hash of each image's path): eval writes that shard's scores and maps for merge (needs --checkpoint), detect scores that part of its inputs. Default from JOB_COMPLETION_INDEX (with --shard-count) or SLURM_ARRAY_TASK_ID/COUNT.")]
+    public string? Shard { get; set; }
+
+    [Option("shard-count", HelpText = "N of --shard when the index comes from JOB_COMPLETION_INDEX (the Indexed Job's completions).")]
+    public int? ShardCount { get; set; }
+
+    /// <summary>--shard, or the scheduler's environment; null when neither says.</summary>
+    public ShardSpec? ResolvedShard() => Shard is not null ? ShardSpec.Parse(Shard) : ShardSpec.FromEnvironment(ShardCount, Environment.GetEnvironmentVariable);
+
     /// <summary>The scoring flags given on the command line, by name (a fit rejects them).</summary>
     protected IEnumerable<string> GivenScoringFlags()
     {
+        if (Shard is not null) yield return "--shard";
         if (Masks is not null) yield return "--masks";
         if (Scales is not null) yield return "--scales";
         if (NumInferenceSteps is not null) yield return "--num-inference-steps";
@@ -149,6 +159,8 @@ public abstract class ScoringFlags : ModelFlags
         if (NoiseStrength is double lambda)
             Require((int)(steps * lambda) >= 1, $"--noise-strength {lambda} of --num-inference-steps {steps} leaves 0 denoising steps: use --noise-strength >= {1.0 / steps:G4} or more steps");
         Require(InpaintBatch is null or >= 0, $"--inpaint-batch must be >= 0, got {InpaintBatch}");
+        Require(ShardCount is null or >= 1, $"--shard-count must be >= 1, got {ShardCount}");
+        if (Shard is not null) ShardSpec.Parse(Shard);
     }
 
     /// <summary>The library's scoring request, by name.</summary>
