@@ -99,6 +99,21 @@ public sealed class CliAndReportTests
         Assert.Contains("--noise-strength must be in [0, 1]", Assert.Throws<ArgumentException>(() => new EvalVerb { NoiseStrength = 2 }.Validate()).Message);
         new EvalVerb().Validate(); // the defaults are valid
         new BenchVerb().Validate();
+        // New flags: resolutions, windows, calibration, shards, devices; a fit refuses scoring flags; zero denoising steps.
+        Assert.Contains("--analysis-size must be a multiple of 32", Assert.Throws<ArgumentException>(() => new EvalVerb { AnalysisSize = 100 }.Validate()).Message);
+        Assert.Contains("must be 'full' or a number >= 0", Assert.Throws<ArgumentException>(() => new EvalVerb { WindowContext = "wide" }.Validate()).Message);
+        Assert.Contains("--eval-size must be >= 0", Assert.Throws<ArgumentException>(() => new EvalVerb { EvalSize = -1 }.Validate()).Message);
+        Assert.Contains("--feature-aggregation must be odd", Assert.Throws<ArgumentException>(() => new FitVerb { FeatureAggregation = 2 }.Validate()).Message);
+        Assert.Contains("--calibrate must be on or off", Assert.Throws<ArgumentException>(() => new EvalVerb { Calibrate = "maybe" }.Validate()).Message);
+        Assert.Contains("--calibration-size", Assert.Throws<ArgumentException>(() => new FitVerb { CalibrationSize = "3" }.Validate()).Message);
+        Assert.Contains("calibration λ values must be in (0, 1]", Assert.Throws<ArgumentException>(() => new FitVerb { CalibrationLambdas = "0.4,1.5" }.Validate()).Message);
+        Assert.Contains("must be I/N", Assert.Throws<ArgumentException>(() => new EvalVerb { Shard = "3/3", Checkpoint = "c" }.Validate()).Message);
+        Assert.Contains("--scales is a scoring flag", Assert.Throws<ArgumentException>(() => new FitVerb { Scales = "1,2" }.Validate()).Message);
+        Assert.Contains("fit runs one engine", Assert.Throws<ArgumentException>(() => new FitVerb { Device = "cpu,cpu" }.Validate()).Message);
+        Assert.Contains("several engines need a checkpoint", Assert.Throws<ArgumentException>(() => new EvalVerb { Device = "cpu,cpu" }.Validate()).Message);
+        Assert.Contains("'gpu0' must be cpu, cuda, cuda:N or cuda:all", Assert.Throws<ArgumentException>(() => new EvalVerb { Device = "gpu0" }.Validate()).Message);
+        Assert.Contains("leaves 0 denoising steps: use --noise-strength >= 0.06667", Assert.Throws<ArgumentException>(() => new EvalVerb { NumInferenceSteps = 15, NoiseStrength = 0.05 }.Validate()).Message);
+        new EvalVerb { Device = "cpu,cpu", Checkpoint = "c", WindowContext = "full", AnalysisSize = 64, EvalSize = 0, Calibrate = "off" }.Validate();
     }
 
     [Fact]
