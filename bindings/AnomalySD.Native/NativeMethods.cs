@@ -45,6 +45,8 @@ public struct AsdInpaintOptions
     public double WindowContext;
     /// <summary>Side the model inpaints at; 0 = the image's size (full context only).</summary>
     public long InpaintSize;
+    /// <summary>1: D of a window at the inpainting resolution; 0: at the analysis resolution.</summary>
+    public int DistanceAtInpaintSize;
 }
 
 /// <summary><c>asd_scoring_options</c>: same layout as the C struct (strings as NUL-terminated UTF-8 pointers, read during the call).</summary>

@@ -211,6 +211,10 @@ typedef struct asd_inpaint_options {
   /** Side the model inpaints at, a multiple of the VAE factor (compact: 4, SD: 8); 0 (default) = the image's own
    *  size, allowed with full context only. */
   int64_t inpaint_size;
+  /** Where asd_model_inpaint_distances computes D of a window: 0 (default) at the analysis resolution (the window's own
+   *  size, on the pasted image), 1 at the inpainting resolution (the window's crop resampled to inpaint_size against the
+   *  output pasted at that size), then resampled to the window: both sides then have the same bandwidth. */
+  int32_t distance_at_inpaint_size;
 } asd_inpaint_options;
 
 ASD_API asd_status asd_inpaint_options_default(asd_inpaint_options* out_options);

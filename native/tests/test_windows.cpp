@@ -187,3 +187,20 @@ TEST(Windows, DistancesLiveInsideTheWindowsAndNaiveAgrees) {
   const WindowedInpainting n = inpaint_windows(f.c, f.image, f.masks, context(0.5, 32), naive, f.options, nullptr, true);
   EXPECT_LT(asd::test::max_abs_error(n.images, out.images), 1e-4);
 }
+
+TEST(Windows, DistanceAtTheInpaintingSizeComparesLikeWithLike) {
+  // P = 64 on a 128 image: the corner cell's window is 64 px = P (no resampling), so both places give the same D there; the
+  // whole-image mask's window (128 -> 64) is compared at 64 and D resampled back, which differs from D at 128.
+  WindowFixture f;
+  const asd::Lpips distance = random_distance();
+  WindowOptions at_p = context(0.5, 64);
+  at_p.distance_at_inpaint_size = true;
+  const WindowedInpainting a = inpaint_windows(f.c, f.image, f.masks, context(0.5, 64), f.condition, f.options, &distance, true);
+  const WindowedInpainting b = inpaint_windows(f.c, f.image, f.masks, at_p, f.condition, f.options, &distance, true);
+  EXPECT_TRUE(torch::equal(a.images, b.images));  // the inpaintings are the same; only D's resolution differs
+  expect_window(a.windows[0], 0, 0, 64, 64);
+  EXPECT_LT(asd::test::max_abs_error(a.distances[0], b.distances[0]), 1e-6);
+  EXPECT_GT(asd::test::max_abs_error(a.distances[2], b.distances[2]), 1e-4);
+  // At P the whole-image window's D is a 64 x 64 map upsampled: smooth at 2-pixel scale.
+  EXPECT_EQ(b.distances[2].sizes(), torch::IntArrayRef({128, 128}));
+}

@@ -120,7 +120,8 @@ public static class EvalCommand
         {
             ["model"] = m.ModelSource, ["checkpoint"] = o.Checkpoint ?? "(fitted in this run, not saved)", ["shots"] = m.Shots,
             ["inpaint_size"] = m.ImageSize, ["analysis_size"] = m.AnalysisSize, ["eval_size"] = setup.EvalSize == 0 ? "original" : setup.EvalSize,
-            ["window_context"] = m.WindowContext.ToString(), ["feature_aggregation"] = m.FeatureAggregation,
+            ["window_context"] = m.WindowContext.ToString(), ["distance_resolution"] = m.DistanceResolution.ToString().ToLowerInvariant(),
+            ["feature_aggregation"] = m.FeatureAggregation,
             ["calibrated"] = m.Calibration.Count > 0 ? "yes (see calibration)" : o.CalibrateOn ? "no (the checkpoint has no calibration)" : "no (--calibrate off)",
             ["scales"] = string.Join(",", setup.Detector.Scales ?? AnomalySD.Masks.MaskProposals.DefaultScales), ["max_images"] = o.MaxImages?.ToString() ?? "all",
             ["masks"] = setup.Detector.Masks.ToString(), ["distance"] = m.Distance, ["num_inference_steps"] = setup.Detector.Inpaint!.NumInferenceSteps,

@@ -92,6 +92,9 @@ public abstract class ModelFlags : EngineFlags
     [Option("window-context", HelpText = "Inpainting windows: context margin per side as a fraction of the mask's box side (e.g. 0.5), or 'full' (the whole image, the paper's). Default: 0.5; with a checkpoint: its own.")]
     public string? WindowContext { get; set; }
 
+    [Option("distance-resolution", HelpText = "Where D of a window is computed: Analysis (the window's own size) or Inpainting (both sides at the inpainting resolution, then resampled). Default: Analysis; with a checkpoint: its own.")]
+    public DistanceResolution? DistanceResolution { get; set; }
+
     [Option("calibrate", Default = "on", HelpText = "on: calibrate λ, the fusion weights and the thresholds from the shots at fit time, and score with them; off: the paper's fixed values (λ from the prompt file, α = 0.1).")]
     public string Calibrate { get; set; } = "on";
 
@@ -167,7 +170,7 @@ public abstract class ScoringFlags : ModelFlags
     public ScoringRequest ToRequest(int? evalSize = null) => new(
         Masks: Masks ?? MaskStrategy.Full, Scales: Scales is null ? null : ParseScales(Scales), NumInferenceSteps: NumInferenceSteps ?? 50,
         NoiseStrength: NoiseStrength, InpaintBatch: InpaintBatch ?? 0, Seed: Seed, AnalysisSize: AnalysisSize, WindowContext: ParsedWindowContext,
-        EvalSize: evalSize, Calibrate: CalibrateOn);
+        EvalSize: evalSize, Calibrate: CalibrateOn, DistanceResolution: DistanceResolution);
 }
 
 /// <summary>Flags of fitting (also accepted by eval, which fits first when no --checkpoint is given).</summary>
@@ -274,7 +277,7 @@ public abstract class FitFlags : ScoringFlags
         AutoencoderSteps: AutoencoderSteps, BatchSize: BatchSize, LearningRate: LearningRate, Seed: Seed, Device: Device, Dtype: Dtype,
         Distance: Distance, AlexNetPath: AlexNet, LpipsPath: Lpips, ResNet18Path: ResNet18, PromptsPath: Prompts, ForegroundMasksDir: ForegroundMasks,
         MixedPrecision: MixedPrecision, AnalysisSize: AnalysisSize ?? 0, WindowContext: ParsedWindowContext, EvalSize: EvalSize,
-        FeatureAggregation: FeatureAggregation, Calibration: CalibrationOptions());
+        FeatureAggregation: FeatureAggregation, Calibration: CalibrationOptions(), DistanceResolution: DistanceResolution);
 
     /// <summary>The categories named by --categories (all of the dataset when absent).</summary>
     /// <exception cref="KeyNotFoundException">a category the dataset does not have.</exception>

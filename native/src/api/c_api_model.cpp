@@ -66,6 +66,8 @@ pipeline::WindowOptions to_window_options(const asd_inpaint_options& options) {
   pipeline::WindowOptions w;
   w.context = options.window_context;
   w.inpaint_size = options.inpaint_size;
+  require(options.distance_at_inpaint_size == 0 || options.distance_at_inpaint_size == 1, "distance_at_inpaint_size must be 0 or 1");
+  w.distance_at_inpaint_size = options.distance_at_inpaint_size != 0;
   return w;
 }
 
@@ -293,7 +295,7 @@ ASD_API asd_status asd_model_set_category(asd_model* model, const char* category
 ASD_API asd_status asd_inpaint_options_default(asd_inpaint_options* out_options) {
   return ASD_GUARD({
     not_null(out_options, "out_options");
-    *out_options = asd_inpaint_options{50, 0.4, 0, 0, 0, -1.0, 0};
+    *out_options = asd_inpaint_options{50, 0.4, 0, 0, 0, -1.0, 0, 0};
   });
 }
 

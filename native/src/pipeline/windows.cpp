@@ -128,11 +128,11 @@ WindowedInpainting inpaint_windows(SdComponents& c, const torch::Tensor& image, 
   std::vector<torch::Tensor> crops, window_masks;
   for (const Window& w : distinct) crops.push_back(resample_image(crop(x, w), Ph, Pw));
   for (int64_t i = 0; i < M; ++i) window_masks.push_back(resample_mask(crop(binary.narrow(0, i, 1), result.windows[i]), Ph, Pw));
+  const torch::Tensor crops_p = torch::cat(crops), masks_p = torch::cat(window_masks);
 
   // 2. All windows through one denoising loop at the inpainting resolution.
-  const torch::Tensor inpainted =
-      condition.naive ? inpaint_naive_crops(c, torch::cat(crops), crop_of_mask, torch::cat(window_masks), condition.token_ids, o)
-                      : inpaint_crops(c, torch::cat(crops), crop_of_mask, torch::cat(window_masks), condition.text_embedding, o, progress);
+  const torch::Tensor inpainted = condition.naive ? inpaint_naive_crops(c, crops_p, crop_of_mask, masks_p, condition.token_ids, o)
+                                                  : inpaint_crops(c, crops_p, crop_of_mask, masks_p, condition.text_embedding, o, progress);
 
   // 3. Back to the image: windows of one size are resampled, pasted and scored together.
   if (want_images) result.images = x.expand({M, 3, H, W}).clone();
@@ -162,7 +162,16 @@ WindowedInpainting inpaint_windows(SdComponents& c, const torch::Tensor& image, 
       // Outside the mask the original pixels stay, bit for bit (full context: the paper's x̂, nothing pasted).
       const torch::Tensor x_hat = wo.full() ? up : torch::where(torch::cat(inside) > 0.5, up, x_w);
       torch::Tensor d;
-      if (distance != nullptr) d = distance->distance_map(refs, original_of, x_hat).to(torch::kCPU, torch::kFloat32);
+      if (distance != nullptr && wo.distance_at_inpaint_size) {
+        // D between the crop at P and the model's output pasted at P, resampled to the window afterwards.
+        const torch::Tensor id = torch::tensor(ids, torch::kInt64), distinct_p = crops_p.index_select(0, torch::tensor(distinct_ids, torch::kInt64));
+        const torch::Tensor out_p = inpainted.index_select(0, id);
+        const torch::Tensor x_hat_p =
+            wo.full() ? out_p : torch::where(masks_p.index_select(0, id) > 0.5, out_p, distinct_p.index_select(0, torch::tensor(original_of, torch::kInt64)));
+        d = resample_image(distance->distance_map(distinct_p, original_of, x_hat_p).to(torch::kCPU, torch::kFloat32), size.first, size.second);
+      } else if (distance != nullptr) {
+        d = distance->distance_map(refs, original_of, x_hat).to(torch::kCPU, torch::kFloat32);
+      }
       for (size_t k = 0; k < ids.size(); ++k) {
         const Window& w = result.windows[ids[k]];
         if (d.defined()) result.distances[ids[k]].narrow(0, w.y0, w.height).narrow(1, w.x0, w.width).copy_(d[static_cast<int64_t>(k)][0]);

@@ -41,6 +41,11 @@ struct WindowOptions {
   /// Side P of the square the model inpaints at (a multiple of the VAE factor); 0 = the image's own size
   /// (only with full context: the image is then inpainted as it is).
   int64_t inpaint_size = 0;
+  /// Where D (eq. 16-17) of a window is computed: false = at the analysis resolution (the window's own size, on the pasted
+  /// image resampled back); true = at the inpainting resolution (the window's crop resampled to P against the model's output
+  /// pasted at P), then D is resampled to the window. The second compares images of the same bandwidth: a window shrunk to
+  /// P cannot come back sharper than P, and at the analysis size D would measure that lost detail everywhere.
+  bool distance_at_inpaint_size = false;
   bool full() const { return context < 0; }
 };
 

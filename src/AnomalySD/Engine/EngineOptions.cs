@@ -13,13 +13,15 @@ namespace AnomalySD.Engine;
 /// of the box side (&gt;= 0); each window is resampled to <paramref name="InpaintSize"/>, inpainted and pasted back inside the
 /// mask only. null = <c>full</c>: the whole image, nothing pasted (the paper's behaviour).</param>
 /// <param name="InpaintSize">Side the model inpaints at (the inpainting resolution); 0 = the image's own size (full only).</param>
+/// <param name="DistanceAtInpaintSize">Compute D of each window at the inpainting resolution (crop and output both at P, then
+/// resampled to the window) instead of at the analysis resolution.</param>
 public sealed record InpaintOptions(int NumInferenceSteps = 50, double NoiseStrength = 0.4, int BatchSize = 0, ulong Seed = 0, bool Naive = false,
-                                    double? WindowContext = null, int InpaintSize = 0)
+                                    double? WindowContext = null, int InpaintSize = 0, bool DistanceAtInpaintSize = false)
 {
     internal AsdInpaintOptions ToNative() => new()
     {
         NumInferenceSteps = NumInferenceSteps, NoiseStrength = NoiseStrength, BatchSize = BatchSize, Seed = Seed, Naive = Naive ? 1 : 0,
-        WindowContext = WindowContext ?? -1.0, InpaintSize = InpaintSize,
+        WindowContext = WindowContext ?? -1.0, InpaintSize = InpaintSize, DistanceAtInpaintSize = DistanceAtInpaintSize ? 1 : 0,
     };
 }
 

@@ -19,7 +19,8 @@ namespace AnomalySD.Pipeline;
 /// fixed values (λ from the prompt file, eq. 21 with α = 0.1).</param>
 public sealed record ScoringRequest(MaskStrategy Masks = MaskStrategy.Full, IReadOnlyList<int>? Scales = null, int NumInferenceSteps = 50,
                                     double? NoiseStrength = null, int InpaintBatch = 0, ulong Seed = 0, int? AnalysisSize = null,
-                                    WindowContext? WindowContext = null, int? EvalSize = null, bool Calibrate = true);
+                                    WindowContext? WindowContext = null, int? EvalSize = null, bool Calibrate = true,
+                                    DistanceResolution? DistanceResolution = null);
 
 /// <summary>A request resolved against a checkpoint: the metadata with the overrides applied (λ, resolutions, window), the
 /// detector's options and the evaluation resolution.</summary>
@@ -84,6 +85,11 @@ public static class Checkpoints
             log?.LogInformation("window context {Window} (the checkpoint was fitted with {Fitted})", w, meta.WindowContext);
             meta = meta with { WindowContext = w };
         }
+        if (request.DistanceResolution is DistanceResolution dr && dr != meta.DistanceResolution)
+        {
+            log?.LogInformation("distance at the {Where} resolution (the checkpoint was fitted with {Fitted})", dr, meta.DistanceResolution);
+            meta = meta with { DistanceResolution = dr };
+        }
         var masks = EffectiveMasks(request.Masks, meta, log);
         if (masks != MaskStrategy.Prototype)
             foreach (var (category, k) in calibration.Where(kv => !kv.Value.Weights.UsesInpainting))
@@ -97,7 +103,7 @@ public static class Checkpoints
                                             $"use a noise strength >= {1.0 / request.NumInferenceSteps:G4} or more steps");
         }
         var inpaint = new InpaintOptions(request.NumInferenceSteps, 0.4, request.InpaintBatch, request.Seed, WindowContext: meta.WindowContext.ForEngine,
-                                         InpaintSize: meta.ImageSize);
+                                         InpaintSize: meta.ImageSize, DistanceAtInpaintSize: meta.DistanceResolution == DistanceResolution.Inpainting);
         return new ScoringSetup(meta, new DetectorOptions(masks, request.Scales, Inpaint: inpaint, Calibration: calibration), request.EvalSize ?? meta.EvalSize);
     }
 }

@@ -32,8 +32,9 @@ public sealed record FitOptions(
     AsdDtypeName Dtype = AsdDtypeName.F32, DistanceKind Distance = DistanceKind.Resnet18Uniform, string? AlexNetPath = null,
     string? LpipsPath = null, string? ResNet18Path = null, string? PromptsPath = null, string? ForegroundMasksDir = null,
     MixedPrecisionMode MixedPrecision = MixedPrecisionMode.No, int AnalysisSize = 0, WindowContext? WindowContext = null, int? EvalSize = null,
-    int? FeatureAggregation = null, CalibrationOptions? Calibration = null)
+    int? FeatureAggregation = null, CalibrationOptions? Calibration = null, DistanceResolution? DistanceResolution = null)
 {
+    public DistanceResolution ResolvedDistanceResolution => DistanceResolution ?? Resolutions.DefaultDistanceResolution;
     public bool IsCompact => string.Equals(Model, "compact", StringComparison.OrdinalIgnoreCase);
     public int ResolvedImageSize => ImageSize > 0 ? ImageSize : Resolutions.DefaultInpaintSize(IsCompact);
     public int ResolvedAnalysisSize => AnalysisSize > 0 ? AnalysisSize : Resolutions.DefaultAnalysisSize(IsCompact);
@@ -80,6 +81,9 @@ public sealed record CheckpointMetadata(int ImageSize, string ModelSource, int S
     /// <summary>Inpainting window context; older checkpoints: full (the paper's, as they were scored).</summary>
     public WindowContext WindowContext { get; init; } = WindowContext.Full;
 
+    /// <summary>Where D of a window is computed; older checkpoints: at the analysis resolution (as they were scored).</summary>
+    public DistanceResolution DistanceResolution { get; init; } = DistanceResolution.Analysis;
+
     /// <summary>PatchCore local aggregation the prototype banks were built with (1 = off).</summary>
     public int FeatureAggregation { get; init; } = 1;
 
@@ -92,6 +96,7 @@ public sealed record CheckpointMetadata(int ImageSize, string ModelSource, int S
         ["analysis_size"] = AnalysisSize,
         ["eval_size"] = EvalSize,
         ["window_context"] = WindowContext.ToString(),
+        ["distance_resolution"] = DistanceResolution == DistanceResolution.Inpainting ? "inpainting" : "analysis",
         ["feature_aggregation"] = FeatureAggregation,
         ["calibration"] = Calibration.Count == 0 ? null : new JsonObject(Calibration.Select(kv => new KeyValuePair<string, JsonNode?>(kv.Key, kv.Value.ToJson()))),
         ["model_source"] = ModelSource,
@@ -133,6 +138,7 @@ public sealed record CheckpointMetadata(int ImageSize, string ModelSource, int S
             AnalysisSize = j["analysis_size"]?.GetValue<int>() ?? 0,
             WindowContext = j["window_context"] is JsonNode w ? Pipeline.WindowContext.Parse(w.GetValue<string>()) : Pipeline.WindowContext.Full,
             FeatureAggregation = j["feature_aggregation"]?.GetValue<int>() ?? 1,
+            DistanceResolution = j["distance_resolution"]?.GetValue<string>() == "inpainting" ? Pipeline.DistanceResolution.Inpainting : Pipeline.DistanceResolution.Analysis,
             Calibration = j["calibration"] is JsonObject cal
                 ? cal.ToDictionary(kv => kv.Key, kv => CategoryCalibration.FromJson(kv.Value!))
                 : new Dictionary<string, CategoryCalibration>(),
@@ -226,7 +232,8 @@ public static class Fitting
             {
                 var watch = System.Diagnostics.Stopwatch.StartNew();
                 var detector = new AnomalyDetector(model, new DetectorOptions(MaskStrategy.Full, co.Scales,
-                    Inpaint: new InpaintOptions(co.NumInferenceSteps, 0.4, 0, o.Seed, WindowContext: window.ForEngine, InpaintSize: o.ResolvedImageSize)));
+                    Inpaint: new InpaintOptions(co.NumInferenceSteps, 0.4, 0, o.Seed, WindowContext: window.ForEngine, InpaintSize: o.ResolvedImageSize,
+                                                DistanceAtInpaintSize: o.ResolvedDistanceResolution == DistanceResolution.Inpainting)));
                 foreach (var (category, p) in categories.Zip(prompts))
                 {
                     // Calibration images come from the shots alone; cut-paste may borrow another category's first shot.
@@ -246,6 +253,7 @@ public static class Fitting
                 EvalSize = o.ResolvedEvalSize,
                 WindowContext = window,
                 FeatureAggregation = o.ResolvedFeatureAggregation,
+                DistanceResolution = o.ResolvedDistanceResolution,
                 Calibration = calibration,
             };
             return (model, metadata);

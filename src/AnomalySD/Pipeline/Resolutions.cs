@@ -31,6 +31,15 @@ public readonly record struct WindowContext(double Margin)
     public override string ToString() => IsFull ? "full" : Margin.ToString("R", CultureInfo.InvariantCulture);
 }
 
+/// <summary>Where the perceptual distance D of a window is computed (<see cref="InpaintOptions.DistanceAtInpaintSize"/>).</summary>
+public enum DistanceResolution
+{
+    /// <summary>At the analysis resolution: the window's own size, the pasted image resampled back.</summary>
+    Analysis,
+    /// <summary>At the inpainting resolution: the window's crop at P against the output at P, D then resampled to the window.</summary>
+    Inpainting,
+}
+
 /// <summary>
 /// The three resolutions of scoring, and their defaults:
 /// <list type="bullet">
@@ -47,6 +56,9 @@ public static class Resolutions
 
     /// <summary>Default window context, chosen by the sweep on ../shared/data (README, "Multi-resolution scoring").</summary>
     public static readonly WindowContext DefaultWindowContext = new(0.5);
+
+    /// <summary>Default place of the distance D, chosen by the sweep (README).</summary>
+    public const DistanceResolution DefaultDistanceResolution = DistanceResolution.Analysis;
 
     /// <summary>Default PatchCore local aggregation of prototype features (1 = off), chosen by measurement (README).</summary>
     public const int DefaultFeatureAggregation = 1;
