@@ -21,26 +21,6 @@ public static class Visuals
         return new Rgb24((byte)(255 * r), (byte)(255 * g), (byte)(255 * b));
     }
 
-    /// <summary>The image blended 50/50 with the colormapped anomaly map (normalised by <paramref name="max"/>), with the
-    /// ground-truth outline (if any) in white.</summary>
-    public static Image<Rgb24> Overlay(RgbImage image, Map2D map, double max, BinaryMask? groundTruth)
-    {
-        int w = image.Width, h = image.Height;
-        var result = new Image<Rgb24>(w, h);
-        for (int y = 0; y < h; y++)
-        for (int x = 0; x < w; x++)
-        {
-            var c = Colormap(max > 0 ? map[y, x] / max : 0);
-            byte Mix(float v, byte m) => (byte)Math.Clamp(0.5 * v * 255 + 0.5 * m, 0, 255);
-            var px = new Rgb24(Mix(image[0, y, x], c.R), Mix(image[1, y, x], c.G), Mix(image[2, y, x], c.B));
-            if (groundTruth is not null && groundTruth[y, x] == 1 &&
-                (x == 0 || y == 0 || x == w - 1 || y == h - 1 || groundTruth[y, x - 1] == 0 || groundTruth[y, x + 1] == 0 || groundTruth[y - 1, x] == 0 || groundTruth[y + 1, x] == 0))
-                px = new Rgb24(255, 255, 255);
-            result[x, y] = px;
-        }
-        return result;
-    }
-
     /// <summary>Pixels between the tiles of a <see cref="Panel"/>.</summary>
     public const int PanelGap = 4;
 
