@@ -192,8 +192,9 @@ ASD_API asd_status asd_model_info(asd_model* model, const char** out_json);
 ASD_API asd_status asd_model_set_category(asd_model* model, const char* category, const int64_t* token_ids,
                                           int64_t num_prompts, int64_t length);
 
-/** Options of asd_model_inpaint (a plain struct; zero-initialise and set what you need, or use
- *  asd_inpaint_options_default). */
+/** Options of asd_model_inpaint (a plain struct). Fill it with asd_inpaint_options_default, then set what you need: a
+ *  zero-initialised struct is not the defaults (num_inference_steps 0 is refused, window_context 0 is a tight window,
+ *  not `full`). */
 typedef struct asd_inpaint_options {
   int64_t num_inference_steps; /**< full DDIM schedule length, >= 1 (default 50) */
   double noise_strength;       /**< λ in [0, 1] (default 0.4) */

@@ -102,6 +102,14 @@ TEST(Windows, ResampleMaskKeepsEveryTouchedPixel) {
   torch::Tensor g = torch::zeros({1, 1, 2, 2});
   g[0][0][1][0] = 1;
   EXPECT_EQ(resample_mask(g, 4, 4).sum().item<float>(), 4.0f);
+  // Mixed: 8 rows shrink to 2 while 2 columns grow to 4. A masked pixel in row 1 (between the nearest samples at rows 0
+  // and 4) must survive: nearest would drop it, pooling keeps it in target row 0, both target columns of its column.
+  torch::Tensor mixed = torch::zeros({1, 1, 8, 2});
+  mixed[0][0][1][1] = 1;
+  const torch::Tensor r = resample_mask(mixed, 2, 4);
+  EXPECT_EQ(r.sum().item<float>(), 2.0f);
+  EXPECT_EQ(r[0][0][0][2].item<float>(), 1.0f);
+  EXPECT_EQ(r[0][0][0][3].item<float>(), 1.0f);
   const torch::Tensor x = torch::rand({2, 3, 8, 8});
   EXPECT_TRUE(resample_image(x, 8, 8).is_same(x));  // the same size is not resampled at all
   EXPECT_EQ(resample_image(x, 4, 4).sizes(), torch::IntArrayRef({2, 3, 4, 4}));

@@ -21,6 +21,7 @@ public sealed class DemoVerb : EngineFlags
     public override void Validate()
     {
         base.Validate();
+        RequireOneDevice("demo");
         Require(ImageSize >= 64 && ImageSize % 32 == 0, $"--image-size must be a multiple of 32, at least 64, got {ImageSize}");
         Require(UnetSteps >= 0 && AutoencoderSteps >= 0, "--unet-steps and --autoencoder-steps must be >= 0");
     }

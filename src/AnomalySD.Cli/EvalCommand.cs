@@ -40,6 +40,8 @@ public static class EvalCommand
         var shard = o.ResolvedShard();
         // The report folder is proved writable and locked before any work; a shard's folder is replaced atomically at the end.
         using var output = shard is null ? OutputFolder.Open(o.Out) : null;
+        // A shard's staging folder is made (and its --out checked) before any work too.
+        using var shardWriter = shard is null ? null : new ShardWriter(o.Out, dataset.Root);
         var watch = Stopwatch.StartNew();
         var engines = new List<InpaintingModel>();
         CheckpointMetadata meta;
@@ -77,7 +79,7 @@ public static class EvalCommand
             if (shard is { } s)
             {
                 log.LogInformation("shard {Shard}: scoring its images; merge the {Count} shard folders with `anomalysd merge`", s, s.Count);
-                using var writer = new ShardWriter(o.Out, dataset.Root);
+                var writer = shardWriter!;
                 var result = Evaluation.Run(engines, setup.Metadata, dataset, categories, setup.Detector, log, CliSupport.Progress(),
                                             new EvaluationOptions(o.MaxImages, setup.EvalSize, s, writer.Add));
                 var manifest = new JsonObject

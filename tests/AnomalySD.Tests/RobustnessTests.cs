@@ -119,12 +119,24 @@ public sealed class RobustnessTests : IDisposable
         using (var m = new Image<L8>(16, 16))
         {
             m[3, 4] = new L8(1);
-            m[10, 10] = new L8(255);
+            m[10, 10] = new L8(1);
             m.SaveAsPng(path);
         }
         var mask = ImageIO.LoadMask(path, 0);
         Assert.Equal(2, mask.Count);
         Assert.Equal(1, mask[4, 3]);
+        // A 0/255 mask keeps its > 127 reading: the faint edge values that JPEG or antialiasing leave stay normal.
+        string mvtec = Path.Combine(_dir, "mvtec_mask.png");
+        using (var m = new Image<L8>(16, 16))
+        {
+            m[3, 4] = new L8(3);
+            m[10, 10] = new L8(255);
+            m[11, 10] = new L8(128);
+            m.SaveAsPng(mvtec);
+        }
+        var strict = ImageIO.LoadMask(mvtec, 0);
+        Assert.Equal(2, strict.Count);
+        Assert.Equal(0, strict[4, 3]);
     }
 
     [Fact]

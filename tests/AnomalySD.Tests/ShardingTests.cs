@@ -44,6 +44,26 @@ public sealed class ShardingTests : IDisposable
         Assert.Equal(0x8594_4171_f739_67e8UL, ShardSpec.Hash("foobar"));
     }
 
+    [Fact]
+    public void AShardReplacesOnlyAPreviousShard()
+    {
+        // A folder of something else is refused before any work, and left as it was.
+        string other = Path.Combine(_dir, "report");
+        Directory.CreateDirectory(other);
+        File.WriteAllText(Path.Combine(other, "results.json"), "{}");
+        Assert.Contains("not a shard folder", Assert.Throws<IOException>(() => new ShardWriter(other)).Message);
+        Assert.Equal(["results.json"], Directory.GetFiles(other).Select(Path.GetFileName));
+        Assert.Empty(Directory.GetDirectories(_dir, ".report.staging-*"));
+        // A previous shard is replaced as a whole.
+        string shard = Path.Combine(_dir, "shard");
+        using (var w = new ShardWriter(shard)) w.Commit(new JsonObject { ["shard_index"] = 0 });
+        File.WriteAllText(Path.Combine(shard, "stale.txt"), "x");
+        using (var w = new ShardWriter(shard)) w.Commit(new JsonObject { ["shard_index"] = 1 });
+        Assert.False(File.Exists(Path.Combine(shard, "stale.txt")));
+        Assert.Equal(1, JsonNode.Parse(File.ReadAllText(Path.Combine(shard, "manifest.json")))!["shard_index"]!.GetValue<int>());
+        Assert.Equal(["report", "shard"], Directory.GetDirectories(_dir).Select(Path.GetFileName).Order());  // no staging left
+    }
+
     private FitVerb TinyFit(string ckpt, int seed = 5) => new()
     {
         Data = TestPaths.Shared("data"), Categories = "bottle,pcb", Shots = 1, Model = "compact", AnalysisSize = 64, UnetSteps = 5, AutoencoderSteps = 5,

@@ -87,7 +87,8 @@ torch::Tensor resample_image(const torch::Tensor& x, int64_t height, int64_t wid
 torch::Tensor resample_mask(const torch::Tensor& m, int64_t height, int64_t width) {
   require(m.dim() == 4 && m.size(1) == 1, "resample_mask: m must be [N, 1, H, W]");
   if (m.size(2) == height && m.size(3) == width) return m;
-  if (height <= m.size(2) && width <= m.size(3)) return F::adaptive_max_pool2d(m, F::AdaptiveMaxPool2dFuncOptions({height, width}));
+  // Any side that shrinks: max pooling keeps every masked pixel (bins also cover a growing side, as nearest would).
+  if (height < m.size(2) || width < m.size(3)) return F::adaptive_max_pool2d(m, F::AdaptiveMaxPool2dFuncOptions({height, width}));
   return F::interpolate(m, F::InterpolateFuncOptions().size(std::vector<int64_t>{height, width}).mode(torch::kNearest));
 }
 

@@ -76,7 +76,7 @@ torch::Tensor crop(const torch::Tensor& x, const Window& w);
 torch::Tensor resample_image(const torch::Tensor& x, int64_t height, int64_t width);
 
 /// Resamples binary masks [N, 1, h, w] (1 = inpaint) to [N, 1, height, width] so that every target pixel that
-/// any masked source pixel touches is masked: adaptive max pooling when shrinking, nearest when growing.
+/// any masked source pixel touches is masked: adaptive max pooling when either side shrinks, nearest when both grow.
 torch::Tensor resample_mask(const torch::Tensor& m, int64_t height, int64_t width);
 
 /// Result of inpaint_windows. Tensors are float32 on the CPU.

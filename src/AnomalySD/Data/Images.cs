@@ -83,7 +83,7 @@ public static class ImageIO
         return new RgbImage(w, h, data);
     }
 
-    /// <summary>Loads a mask (any non-zero pixel is anomalous: 255/0 MVTec masks and 1/0 VisA masks alike) resized with nearest
+    /// <summary>Loads a mask (255/0 MVTec masks: above 127 is anomalous; 1/0 VisA masks, largest value 1: any non-zero pixel) resized with nearest
     /// neighbour to <paramref name="size"/> (&lt;= 0 keeps the size). If <paramref name="expectedWidth"/>/<paramref name="expectedHeight"/>
     /// are given (the image's displayed size, <see cref="Identify"/>), the mask's displayed size must equal them.</summary>
     /// <exception cref="ImageLoadException">unreadable file, or a size different from the image's.</exception>
@@ -94,16 +94,20 @@ public static class ImageIO
             throw new ImageLoadException(path, $"mask is {image.Width}x{image.Height} but its image is {ew}x{eh} (as displayed, after EXIF orientation)");
         if (size > 0 && (image.Width != size || image.Height != size))
             Guard(path, () => image.Mutate(x => x.Resize(new ResizeOptions { Size = new Size(size, size), Mode = ResizeMode.Stretch, Sampler = KnownResamplers.NearestNeighbor })));
-        var data = new byte[image.Width * image.Height];
+        var values = new byte[image.Width * image.Height];
         int w = image.Width;
         image.ProcessPixelRows(rows =>
         {
             for (int y = 0; y < rows.Height; y++)
             {
                 var row = rows.GetRowSpan(y);
-                for (int x = 0; x < w; x++) data[y * w + x] = row[x].PackedValue != 0 ? (byte)1 : (byte)0;
+                for (int x = 0; x < w; x++) values[y * w + x] = row[x].PackedValue;
             }
         });
+        // 0/1 masks (VisA) and 0/255 masks (MVTec) both work: a mask whose largest value is 1 marks every non-zero pixel; one
+        // with larger values is thresholded at 127, so the faint values that JPEG or antialiasing leave at its edges stay normal.
+        byte cut = values.Length > 0 && values.Max() <= 1 ? (byte)0 : (byte)127;
+        var data = Array.ConvertAll(values, v => v > cut ? (byte)1 : (byte)0);
         return new BinaryMask(image.Width, image.Height, data);
     }
 

@@ -175,7 +175,7 @@ public static class Evaluation
             var accumulator = new CategoryAccumulator(category, calibration);
             var normalsForRestoration = new List<RgbImage>();
             int skippedHere = 0, done = 0;
-            foreach (var (index, outcome) in ScoreInOrder(detectors, work, (d, i) => ScoreOne(d, all[i], category, i, prompts.NoiseStrength, calibration, size, eval, log)))
+            foreach (var (index, outcome) in ScoreInOrder(detectors, work, (d, i) => ScoreOne(d, all[i], category, i, prompts.NoiseStrength, calibration, size, eval, log, restored: eo.Shard is null)))
             {
                 progress?.Invoke($"eval {category}", ++done, work.Count);
                 if (outcome.Skip is string message)
@@ -249,7 +249,7 @@ public static class Evaluation
 
     /// <summary>One image: loaded at the analysis size (its ground truth at the evaluation size), scored, its map resized.</summary>
     private static Outcome ScoreOne(AnomalyDetector detector, Sample sample, string category, int index, double lambda, CategoryCalibration? calibration,
-                                    int size, int eval, ILogger log)
+                                    int size, int eval, ILogger log, bool restored)
     {
         RgbImage image;
         BinaryMask? gt = null;
@@ -270,7 +270,7 @@ public static class Evaluation
         {
             return new Outcome(null, e.Message, null);
         }
-        var score = detector.Score(category, image, lambda, restored: true);
+        var score = detector.Score(category, image, lambda, restored);
         int eh = eval > 0 ? eval : h, ew = eval > 0 ? eval : w;
         var evalMap = score.SmoothedMap.Height == eh && score.SmoothedMap.Width == ew ? score.SmoothedMap : AnomalyDetector.Bilinear(score.SmoothedMap, eh, ew);
         var record = new ImageRecord(category, index, sample, score.Score, calibration?.Normalization.Apply(score.Score), Array.ConvertAll(evalMap.Data, v => (float)v),
@@ -295,9 +295,10 @@ public static class Evaluation
         var queue = new System.Collections.Concurrent.ConcurrentQueue<int>(work);
         using var ready = new SemaphoreSlim(0);
         Exception? failure = null;
+        int stop = 0;  // set when the consumer stops early (its own exception, or it abandons the enumeration)
         var workers = detectors.Select(d => Task.Factory.StartNew(() =>
         {
-            while (Volatile.Read(ref failure) is null && queue.TryDequeue(out int i))
+            while (Volatile.Read(ref failure) is null && Volatile.Read(ref stop) == 0 && queue.TryDequeue(out int i))
             {
                 try { results[i] = score(d, i); }
                 catch (Exception e) { Interlocked.CompareExchange(ref failure, e, null); }
@@ -305,21 +306,25 @@ public static class Evaluation
             }
             ready.Release(); // a finished worker wakes the consumer too
         }, TaskCreationOptions.LongRunning)).ToArray();
-        foreach (int i in work)
+        try
         {
-            Outcome? outcome;
-            while (!results.TryRemove(i, out outcome))
+            foreach (int i in work)
             {
-                if (Volatile.Read(ref failure) is { } e)
+                Outcome? outcome;
+                while (!results.TryRemove(i, out outcome))
                 {
-                    Task.WaitAll(workers);
-                    System.Runtime.ExceptionServices.ExceptionDispatchInfo.Capture(e).Throw();
+                    if (Volatile.Read(ref failure) is { } e) System.Runtime.ExceptionServices.ExceptionDispatchInfo.Capture(e).Throw();
+                    ready.Wait();
                 }
-                ready.Wait();
+                yield return (i, outcome);
             }
-            yield return (i, outcome);
         }
-        Task.WaitAll(workers);
+        finally
+        {
+            // Workers finish the image in hand and stop before the semaphore they release is disposed.
+            Volatile.Write(ref stop, 1);
+            Task.WaitAll(workers);
+        }
     }
 
     /// <summary>Every n-th sample so that normal and anomalous images both stay represented.</summary>

@@ -104,6 +104,9 @@ public sealed class ShardWriter : IDisposable
         _root = datasetRoot;
         _out = Path.GetFullPath(outDir).TrimEnd(Path.DirectorySeparatorChar);
         string parent = Path.GetDirectoryName(_out)!;
+        // Commit replaces the folder as a whole: only ever a previous shard, never a folder of something else.
+        if (Directory.Exists(_out) && Directory.EnumerateFileSystemEntries(_out).Any() && !IsShardFolder(_out))
+            throw new IOException($"{_out}: exists and is not a shard folder (no shard manifest.json); a shard replaces its folder as a whole, so give an empty or new --out");
         Directory.CreateDirectory(parent);
         _staging = Path.Combine(parent, $".{Path.GetFileName(_out)}.staging-{Environment.ProcessId}-{Guid.NewGuid():N}");
         Directory.CreateDirectory(Path.Combine(_staging, "maps"));
@@ -141,9 +144,31 @@ public sealed class ShardWriter : IDisposable
             old = _staging + ".old";
             Directory.Move(_out, old);
         }
-        Directory.Move(_staging, _out);
+        try
+        {
+            Directory.Move(_staging, _out);
+        }
+        catch when (old is not null)
+        {
+            Directory.Move(old, _out);  // the previous shard stays as it was
+            throw;
+        }
         if (old is not null) Directory.Delete(old, recursive: true);
         _committed = true;
+    }
+
+    /// <summary>Whether <paramref name="folder"/> holds a shard's manifest (what <see cref="Commit"/> may replace).</summary>
+    private static bool IsShardFolder(string folder)
+    {
+        try
+        {
+            string manifest = Path.Combine(folder, "manifest.json");
+            return File.Exists(manifest) && JsonNode.Parse(File.ReadAllText(manifest))?["format"]?.GetValue<string>() == Format;
+        }
+        catch (Exception e) when (e is JsonException or InvalidOperationException or IOException)
+        {
+            return false;
+        }
     }
 
     /// <summary>The safetensors file of a category's maps (category names are folder names; anything else is escaped).</summary>
@@ -234,7 +259,13 @@ public static class ShardMerge
         var missing = Enumerable.Range(0, count).Where(i => !byIndex.ContainsKey(i)).ToList();
         if (missing.Count > 0)
             throw new InvalidDataException($"missing shard{(missing.Count > 1 ? "s" : "")} {string.Join(", ", missing.Select(i => $"{i}/{count}"))} of {count}: run {(missing.Count > 1 ? "them" : "it")} (or rerun a failed one) before merging");
-        return (reference.Manifest, manifests.Select(m => Read(m.Folder, m.Manifest)).ToList());
+        var shards = manifests.Select(m => Read(m.Folder, m.Manifest)).ToList();
+        // Each image belongs to exactly one shard (a shard folder copied under another index would count images twice).
+        var twice = shards.SelectMany(s => s.Records.Select(r => (r.Category, r.Index, s.Folder))).GroupBy(t => (t.Category, t.Index))
+                          .FirstOrDefault(g => g.Count() > 1);
+        if (twice is not null)
+            throw new InvalidDataException($"image {twice.Key.Index} of '{twice.Key.Category}' is in more than one shard ({string.Join(", ", twice.Select(t => t.Folder))})");
+        return (reference.Manifest, shards);
     }
 
     private static string Short(string s) => s.Length > 80 ? s[..77] + "..." : s;
@@ -263,7 +294,8 @@ public static class ShardMerge
                     (int)info.Shape[0], (int)info.Shape[1]));
             }
         }
-        catch (Exception e) when (e is JsonException or KeyNotFoundException or NullReferenceException or AsdException or IOException)
+        catch (Exception e) when (e is JsonException or KeyNotFoundException or NullReferenceException or AsdException or IOException
+                                       or InvalidOperationException or FormatException)
         {
             throw new InvalidDataException($"shard '{folder}' is corrupt: {e.Message}", e);
         }
