@@ -115,26 +115,19 @@ public sealed class RobustnessTests : IDisposable
     public void ZeroOneMasksAreAnomalousWhereNonZero()
     {
         // VisA stores masks as 0/1: before, the > 127 threshold read them as all-normal.
-        string path = Path.Combine(_dir, "visa_mask.png");
-        using (var m = new Image<L8>(16, 16))
+        string WriteMask(string name, params (int X, int Y, byte V)[] pixels)
         {
-            m[3, 4] = new L8(1);
-            m[10, 10] = new L8(1);
+            string path = Path.Combine(_dir, name);
+            using var m = new Image<L8>(16, 16);
+            foreach (var (x, y, v) in pixels) m[x, y] = new L8(v);
             m.SaveAsPng(path);
+            return path;
         }
-        var mask = ImageIO.LoadMask(path, 0);
+        var mask = ImageIO.LoadMask(WriteMask("visa_mask.png", (3, 4, 1), (10, 10, 1)), 0);
         Assert.Equal(2, mask.Count);
         Assert.Equal(1, mask[4, 3]);
         // A 0/255 mask keeps its > 127 reading: the faint edge values that JPEG or antialiasing leave stay normal.
-        string mvtec = Path.Combine(_dir, "mvtec_mask.png");
-        using (var m = new Image<L8>(16, 16))
-        {
-            m[3, 4] = new L8(3);
-            m[10, 10] = new L8(255);
-            m[11, 10] = new L8(128);
-            m.SaveAsPng(mvtec);
-        }
-        var strict = ImageIO.LoadMask(mvtec, 0);
+        var strict = ImageIO.LoadMask(WriteMask("mvtec_mask.png", (3, 4, 3), (10, 10, 255), (11, 10, 128)), 0);
         Assert.Equal(2, strict.Count);
         Assert.Equal(0, strict[4, 3]);
     }
