@@ -84,10 +84,10 @@ public sealed class EndToEndTests(ITestOutputHelper output) : IDisposable
         Assert.Equal("bf16", meta.FitOptions!["mixed_precision"]!.GetValue<string>()); // the options are in the checkpoint
         Assert.Equal(10, meta.FitOptions["unet_steps"]!.GetValue<int>());
         // The resolutions and the window context round-trip through the checkpoint.
-        Assert.Equal((64, 128, 256, "0.5", 1), (meta.ImageSize, meta.AnalysisSize, meta.EvalSize, meta.WindowContext.ToString(), meta.FeatureAggregation));
+        Assert.Equal((64, 128, 256, Resolutions.DefaultWindowContext, 1), (meta.ImageSize, meta.AnalysisSize, meta.EvalSize, meta.WindowContext, meta.FeatureAggregation));
         Assert.Equal(["bottle", "pcb"], meta.Calibration.Keys.Order().ToList());
         var setup = Checkpoints.Resolve(meta, new ScoringRequest(Scales: [1, 2], NumInferenceSteps: 10, Seed: 5));
-        Assert.Equal(0.5, setup.Detector.Inpaint!.WindowContext);
+        Assert.Equal(Resolutions.DefaultWindowContext.ForEngine, setup.Detector.Inpaint!.WindowContext);
         Assert.Equal(64, setup.Detector.Inpaint.InpaintSize);
         var detector = new AnomalyDetector(model1, setup.Detector);
         var image = ImageIO.LoadRgb(TestPaths.Shared("data/bottle/test/broken_large/000.png"), meta.AnalysisSize);
