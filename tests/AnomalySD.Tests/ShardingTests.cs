@@ -117,6 +117,16 @@ public sealed class ShardingTests : IDisposable
         Assert.False(Directory.Exists(Path.Combine(_dir, "never")));
         Assert.Empty(Directory.GetDirectories(_dir, ".never*"));
 
+        // A shard's folder copied under another index would count its images twice.
+        string copy = Path.Combine(_dir, "copy");
+        Directory.CreateDirectory(Path.Combine(copy, "maps"));
+        foreach (string f in Directory.GetFiles(shards[0], "*", SearchOption.AllDirectories)) File.Copy(f, Path.Combine(copy, Path.GetRelativePath(shards[0], f)));
+        var copied = JsonNode.Parse(File.ReadAllText(Path.Combine(copy, "manifest.json")))!;
+        copied["shard_index"] = 2;
+        File.WriteAllText(Path.Combine(copy, "manifest.json"), copied.ToJsonString());
+        e = Assert.Throws<InvalidDataException>(() => MergeCommand.Run(new MergeVerb { Shards = [shards[0], shards[1], copy], Out = Path.Combine(_dir, "m5") }));
+        Assert.Contains("is in more than one shard", e.Message);
+
         // Shards of other options, or of another checkpoint, are refused.
         string other = Path.Combine(_dir, "other-steps");
         Assert.Equal(0, EvalCommand.Run(TinyEval(ckpt, other, "2/3", steps: 8)));
