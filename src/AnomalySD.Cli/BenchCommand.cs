@@ -22,7 +22,7 @@ public sealed class BenchVerb : EngineFlags
     [Option("analysis-size", Default = 0, HelpText = "Analysis resolution of the image and masks (0: 256 for compact, 512 otherwise).")]
     public int AnalysisSize { get; set; } = 0;
 
-    [Option("window-context", HelpText = "Window contexts to time, comma-separated ('full' or a margin); default: the default context and full.")]
+    [Option("window-context", HelpText = "Window contexts to time, comma-separated ('full' or a margin); default: the default context (full) and windows with margin 1.0.")]
     public string? WindowContext { get; set; }
 
     [Option("dtype", Default = "F32", HelpText = "F32, F16 or BF16 (comma-separated to compare several).")]
@@ -50,7 +50,7 @@ public sealed class BenchVerb : EngineFlags
     public bool PrototypeBank { get; set; }
 
     public IReadOnlyList<WindowContext> Windows =>
-        WindowContext is null ? [Resolutions.DefaultWindowContext, Pipeline.WindowContext.Full] : CliSupport.SplitList(WindowContext).Select(Pipeline.WindowContext.Parse).Distinct().ToList();
+        WindowContext is null ? new[] { Resolutions.DefaultWindowContext, Pipeline.WindowContext.Full, new(1.0) }.Distinct().ToList() : CliSupport.SplitList(WindowContext).Select(Pipeline.WindowContext.Parse).Distinct().ToList();
 
     public override void Validate()
     {

@@ -89,7 +89,7 @@ public abstract class ModelFlags : EngineFlags
     [Option("analysis-size", HelpText = "Analysis resolution: where the prototype error map, the distances and the anomaly map are computed (default 256 compact, 512 SD; with a checkpoint: its own).")]
     public int? AnalysisSize { get; set; }
 
-    [Option("window-context", HelpText = "Inpainting windows: context margin per side as a fraction of the mask's box side (e.g. 0.5), or 'full' (the whole image, the paper's). Default: 0.5; with a checkpoint: its own.")]
+    [Option("window-context", HelpText = "Inpainting windows: context margin per side as a fraction of the mask's box side (e.g. 0.5), or 'full' (the whole image, the paper's). Default: full; with a checkpoint: its own.")]
     public string? WindowContext { get; set; }
 
     [Option("distance-resolution", HelpText = "Where D of a window is computed: Analysis (the window's own size) or Inpainting (both sides at the inpainting resolution, then resampled). Default: Analysis; with a checkpoint: its own.")]

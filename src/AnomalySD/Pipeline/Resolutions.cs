@@ -54,8 +54,9 @@ public static class Resolutions
 {
     public const int DefaultEvalSize = 256;
 
-    /// <summary>Default window context, chosen by the sweep on ../shared/data (README, "Multi-resolution scoring").</summary>
-    public static readonly WindowContext DefaultWindowContext = new(0.5);
+    /// <summary>Default window context, chosen by the sweep on ../shared/data (README, "Three resolutions and inpainting windows"):
+    /// the whole image (the paper's), 85.3 mean of image and pixel AUROC against 79.3 for 1.0 and 72.9 for 0.5.</summary>
+    public static readonly WindowContext DefaultWindowContext = WindowContext.Full;
 
     /// <summary>Default place of the distance D, chosen by the sweep (README).</summary>
     public const DistanceResolution DefaultDistanceResolution = DistanceResolution.Analysis;
