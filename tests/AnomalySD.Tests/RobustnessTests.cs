@@ -141,6 +141,9 @@ public sealed class RobustnessTests : IDisposable
             // A second writer (another process, or another command in this one) is refused while the first holds it.
             var e = Assert.Throws<IOException>(() => OutputFolder.Open(outDir));
             Assert.Contains("in use by another anomalysd process", e.Message);
+            // The refused writer must not remove the holder's lock file on its way out: a third is refused too.
+            Assert.True(File.Exists(Path.Combine(outDir, OutputFolder.LockFileName)));
+            Assert.Contains("in use by another anomalysd process", Assert.Throws<IOException>(() => OutputFolder.Open(outDir)).Message);
             AtomicFile.WriteText(first.File("a/b.txt"), "complete");
         }
         using (OutputFolder.Open(outDir)) { } // released with the first
