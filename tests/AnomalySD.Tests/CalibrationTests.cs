@@ -197,6 +197,10 @@ public sealed class CalibrationTests
         Assert.Equal(0.35, off.Metadata.Categories[0].NoiseStrength);
         Assert.Equal(FusionWeights.Paper(), off.Detector.FusionFor("bottle").Weights);
         Assert.Equal(0.3, Checkpoints.Resolve(calibrated, new ScoringRequest(NoiseStrength: 0.3)).Metadata.Categories[0].NoiseStrength);
+        // The calibration belongs to the full method's fused map: the E-only baseline keeps raw scores and no threshold.
+        var prototype = Checkpoints.Resolve(calibrated, new ScoringRequest(Masks: MaskStrategy.Prototype));
+        Assert.Empty(prototype.Metadata.Calibration);
+        Assert.Equal(0.35, prototype.Metadata.Categories[0].NoiseStrength);
     }
 
     [Fact]

@@ -70,8 +70,14 @@ public static class Checkpoints
     /// <summary>Applies <paramref name="request"/> to a checkpoint's metadata (overrides logged) and builds the detector options.</summary>
     public static ScoringSetup Resolve(CheckpointMetadata meta, ScoringRequest request, ILogger? log = null)
     {
-        var calibration = request.Calibrate ? meta.Calibration : new Dictionary<string, CategoryCalibration>();
-        if (!request.Calibrate) meta = meta with { Calibration = calibration };
+        var masks = EffectiveMasks(request.Masks, meta, log);
+        // A calibration (λ, fusion weights, thresholds, normalisation) belongs to the full method's fused map: with other masks
+        // its threshold and normalisation would be applied to scores of another scale, so those scores stay raw.
+        bool calibrate = request.Calibrate && (masks == MaskStrategy.Full || meta.Calibration.Count == 0);
+        if (request.Calibrate && !calibrate)
+            log?.LogInformation("--masks {Masks}: the checkpoint's calibration belongs to the full method and is not applied; scores are raw", masks);
+        var calibration = calibrate ? meta.Calibration : new Dictionary<string, CategoryCalibration>();
+        if (!calibrate) meta = meta with { Calibration = calibration };
         // Calibrated λ first; a λ given by the user wins over both the calibration and the prompt file.
         meta = meta with { Categories = meta.Categories.Select(c => calibration.TryGetValue(c.Category, out var k) ? c with { NoiseStrength = k.NoiseStrength } : c).ToList() };
         if (request.NoiseStrength is double lambda) meta = meta with { Categories = meta.Categories.Select(c => c with { NoiseStrength = lambda }).ToList() };
@@ -90,7 +96,6 @@ public static class Checkpoints
             log?.LogInformation("distance at the {Where} resolution (the checkpoint was fitted with {Fitted})", dr, meta.DistanceResolution);
             meta = meta with { DistanceResolution = dr };
         }
-        var masks = EffectiveMasks(request.Masks, meta, log);
         if (masks != MaskStrategy.Prototype)
             foreach (var (category, k) in calibration.Where(kv => !kv.Value.Weights.UsesInpainting))
                 log?.LogInformation("{Category}: the calibrated weights give the inpainting terms no weight: scored from the prototype error map E alone, without UNet work", category);
