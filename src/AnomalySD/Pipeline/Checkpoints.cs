@@ -73,8 +73,8 @@ public static class Checkpoints
         var masks = EffectiveMasks(request.Masks, meta, log);
         // A calibration (λ, fusion weights, thresholds, normalisation) belongs to the full method's fused map: with other masks
         // its threshold and normalisation would be applied to scores of another scale, so those scores stay raw.
-        bool calibrate = request.Calibrate && (masks == MaskStrategy.Full || meta.Calibration.Count == 0);
-        if (request.Calibrate && !calibrate)
+        bool calibrate = request.Calibrate && masks == MaskStrategy.Full;
+        if (request.Calibrate && !calibrate && meta.Calibration.Count > 0)
             log?.LogInformation("--masks {Masks}: the checkpoint's calibration belongs to the full method and is not applied; scores are raw", masks);
         var calibration = calibrate ? meta.Calibration : new Dictionary<string, CategoryCalibration>();
         if (!calibrate) meta = meta with { Calibration = calibration };

@@ -105,8 +105,14 @@ public sealed class ShardWriter : IDisposable
         _out = Path.GetFullPath(outDir).TrimEnd(Path.DirectorySeparatorChar);
         string parent = Path.GetDirectoryName(_out)!;
         // Commit replaces the folder as a whole: only ever a previous shard, never a folder of something else.
-        if (Directory.Exists(_out) && Directory.EnumerateFileSystemEntries(_out).Any() && !IsShardFolder(_out))
-            throw new IOException($"{_out}: exists and is not a shard folder (no shard manifest.json); a shard replaces its folder as a whole, so give an empty or new --out");
+        if (Directory.Exists(_out) && Directory.EnumerateFileSystemEntries(_out).Any())
+        {
+            try { ShardMerge.ReadManifest(_out); }
+            catch (Exception e) when (e is InvalidDataException or InvalidOperationException or IOException)
+            {
+                throw new IOException($"{_out}: exists and is not a shard folder ({e.Message}); a shard replaces its folder as a whole, so give an empty or new --out", e);
+            }
+        }
         Directory.CreateDirectory(parent);
         _staging = Path.Combine(parent, $".{Path.GetFileName(_out)}.staging-{Environment.ProcessId}-{Guid.NewGuid():N}");
         Directory.CreateDirectory(Path.Combine(_staging, "maps"));
@@ -155,20 +161,6 @@ public sealed class ShardWriter : IDisposable
         }
         if (old is not null) Directory.Delete(old, recursive: true);
         _committed = true;
-    }
-
-    /// <summary>Whether <paramref name="folder"/> holds a shard's manifest (what <see cref="Commit"/> may replace).</summary>
-    private static bool IsShardFolder(string folder)
-    {
-        try
-        {
-            string manifest = Path.Combine(folder, "manifest.json");
-            return File.Exists(manifest) && JsonNode.Parse(File.ReadAllText(manifest))?["format"]?.GetValue<string>() == Format;
-        }
-        catch (Exception e) when (e is JsonException or InvalidOperationException or IOException)
-        {
-            return false;
-        }
     }
 
     /// <summary>The safetensors file of a category's maps (category names are folder names; anything else is escaped).</summary>
@@ -228,18 +220,7 @@ public static class ShardMerge
     {
         if (folders.Count == 0) throw new InvalidDataException("merge needs the shard folders");
         var manifests = new List<(string Folder, JsonObject Manifest)>();
-        foreach (string folder in folders)
-        {
-            string path = Path.Combine(folder, "manifest.json");
-            if (!File.Exists(path))
-                throw new InvalidDataException($"'{folder}' is not a complete shard: it has no manifest.json (a shard that did not finish leaves only a hidden .staging folder; rerun it)");
-            JsonObject m;
-            try { m = JsonNode.Parse(File.ReadAllText(path)) as JsonObject ?? throw new InvalidDataException($"{path}: not a JSON object"); }
-            catch (JsonException e) { throw new InvalidDataException($"{path}: not valid JSON ({e.Message})", e); }
-            if (m["format"]?.GetValue<string>() != ShardWriter.Format || m["format_version"]?.GetValue<int>() != ShardWriter.FormatVersion)
-                throw new InvalidDataException($"{path}: not an AnomalySD evaluation shard of format version {ShardWriter.FormatVersion}");
-            manifests.Add((folder, m));
-        }
+        foreach (string folder in folders) manifests.Add((folder, ReadManifest(folder)));
         var reference = manifests[0];
         int count = reference.Manifest["shard_count"]!.GetValue<int>();
         foreach (var (folder, m) in manifests.Skip(1))
@@ -271,6 +252,21 @@ public static class ShardMerge
     private static string Short(string s) => s.Length > 80 ? s[..77] + "..." : s;
 
     /// <summary>Reads a shard's records (scores and lossless maps).</summary>
+    /// <summary>A shard folder's manifest.json, checked to be this format and version.</summary>
+    /// <exception cref="InvalidDataException">no manifest (an unfinished shard), invalid JSON, or another format or version.</exception>
+    public static JsonObject ReadManifest(string folder)
+    {
+        string path = Path.Combine(folder, "manifest.json");
+        if (!File.Exists(path))
+            throw new InvalidDataException($"'{folder}' is not a complete shard: it has no manifest.json (a shard that did not finish leaves only a hidden .staging folder; rerun it)");
+        JsonObject m;
+        try { m = JsonNode.Parse(File.ReadAllText(path)) as JsonObject ?? throw new InvalidDataException($"{path}: not a JSON object"); }
+        catch (JsonException e) { throw new InvalidDataException($"{path}: not valid JSON ({e.Message})", e); }
+        if (m["format"]?.GetValue<string>() != ShardWriter.Format || m["format_version"]?.GetValue<int>() != ShardWriter.FormatVersion)
+            throw new InvalidDataException($"{path}: not an AnomalySD evaluation shard of format version {ShardWriter.FormatVersion}");
+        return m;
+    }
+
     public static ShardData Read(string folder, JsonObject manifest)
     {
         var records = new List<ImageRecord>();
