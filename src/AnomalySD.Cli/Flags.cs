@@ -200,11 +200,11 @@ public abstract class FitFlags : ScoringFlags
     [Option("feature-aggregation", HelpText = "PatchCore's local aggregation of prototype features: k x k neighbourhood average (odd k; 1 = off). Default: 1.")]
     public int? FeatureAggregation { get; set; }
 
-    [Option("calibration-size", Default = "3,4", HelpText = "Calibration images per category: normals,defectives (augmented shots; the defectives with synthetic defects).")]
-    public string CalibrationSize { get; set; } = "3,4";
+    [Option("calibration-size", Default = "3,3", HelpText = "Calibration images per category: normals,defectives (augmented shots; the defectives with synthetic defects).")]
+    public string CalibrationSize { get; set; } = "3,3";
 
-    [Option("calibration-lambdas", Default = "0.3,0.4,0.5", HelpText = "The λ grid calibration chooses from.")]
-    public string CalibrationLambdas { get; set; } = "0.3,0.4,0.5";
+    [Option("calibration-lambdas", Default = "0.3,0.4", HelpText = "The λ grid calibration chooses from (a λ above the paper's 0.4 costs more UNet work per mask).")]
+    public string CalibrationLambdas { get; set; } = "0.3,0.4";
 
     [Option("unet-steps", Default = 300, HelpText = "UNet fine-tuning steps (eq. 8).")]
     public int UnetSteps { get; set; } = 300;
@@ -258,7 +258,7 @@ public abstract class FitFlags : ScoringFlags
         if (!CalibrateOn) return null;
         var size = CliSupport.SplitList(CalibrationSize);
         Require(size.Count == 2 && int.TryParse(size[0], out _) && int.TryParse(size[1], out _),
-                $"--calibration-size '{CalibrationSize}' must be two numbers: normals,defectives (e.g. 3,4)");
+                $"--calibration-size '{CalibrationSize}' must be two numbers: normals,defectives (e.g. 3,3)");
         var lambdas = CliSupport.SplitList(CalibrationLambdas).Select(t =>
             double.TryParse(t, System.Globalization.NumberStyles.Float, System.Globalization.CultureInfo.InvariantCulture, out double v)
                 ? v : throw new ArgumentException($"--calibration-lambdas '{CalibrationLambdas}': '{t}' is not a number")).ToList();

@@ -154,6 +154,22 @@ public sealed class CalibrationTests
     }
 
     [Fact]
+    public void LambdaTiesWithinTheToleranceGoToThePapersLambda()
+    {
+        // The main job's bottle: three λ within 1e-4 of each other; exact comparison took 0.5, the tolerance keeps the paper's 0.4.
+        Assert.Equal(1, Calibrator.ChooseLambda([(0.3, 0.99880), (0.4, 0.99880), (0.5, 0.99884)], 0.4));
+        // pcb: 0.5 better by 0.04, more than the tolerance: it wins.
+        Assert.Equal(1, Calibrator.ChooseLambda([(0.4, 0.7451), (0.5, 0.7858), (0.3, 0.7737)], 0.4));
+        // Just inside and just outside the tolerance, whatever the order of the candidates.
+        double t = Calibrator.LambdaTolerance;
+        Assert.Equal(0, Calibrator.ChooseLambda([(0.4, 0.9 - t + 1e-9), (0.3, 0.9)], 0.4));
+        Assert.Equal(1, Calibrator.ChooseLambda([(0.4, 0.9 - t - 1e-9), (0.3, 0.9)], 0.4));
+        // Equidistant from the paper's λ and tied: the smaller (fewer denoising steps).
+        Assert.Equal(1, Calibrator.ChooseLambda([(0.5, 0.8), (0.3, 0.8)], 0.4));
+        Assert.Throws<ArgumentException>(() => Calibrator.ChooseLambda([], 0.4));
+    }
+
+    [Fact]
     public void NormalisationIsMonotonicAndPutsTheThresholdAtHalf()
     {
         var n = ScoreNormalization.Create(2, 5, 11);
