@@ -31,6 +31,27 @@ public sealed class MultiResolutionTests : IDisposable
     }
 
     [Fact]
+    public void WithoutAMultiScaleWeightOnlyThePrototypeMaskIsInpaintedWithItsOwnNoise()
+    {
+        // A calibrated weight of 0 on S_ms needs only the prototype mask: inpainted alone, it must keep the noise it has after the
+        // 21 grid masks (seed + 21), so S_pg is the full computation's (within float error of another batch shape).
+        using var model = ScoredModel(3);
+        var image = ImageIO.LoadRgb(TestPaths.Shared("data/bottle/test/broken_large/000.png"), 64);
+        model.AddPrototypes("bottle", [ImageIO.LoadRgb(TestPaths.Shared("data/bottle/train/good/000.png"), 64)]);
+        var inpaint = new InpaintOptions(10, 0.4, 0, 5, WindowContext: null, InpaintSize: 64);
+        var detector = new AnomalyDetector(model, new DetectorOptions(MaskStrategy.Full, [1, 2, 4], Inpaint: inpaint));
+        var all = detector.Components("bottle", image, null, inpainting: true, errorMap: true);
+        var alone = detector.Components("bottle", image, null, inpainting: true, errorMap: true, multiScale: false);
+        Assert.NotNull(all.MultiScale);
+        Assert.Null(alone.MultiScale);
+        Assert.True(all.PrototypeMask!.Count > 0);
+        Assert.True(all.Prototype!.Max() > 0.01, $"S_pg max {all.Prototype.Max()}");
+        double diff = all.Prototype.Data.Zip(alone.Prototype!.Data, (a, b) => Math.Abs(a - b)).Max();
+        Assert.True(diff < 1e-5, $"S_pg of the prototype mask alone differs by {diff}");
+        Assert.Equal(all.ErrorMap!.Data, alone.ErrorMap!.Data);
+    }
+
+    [Fact]
     public void FullContextAtTheInpaintingSizeReproducesTheWholeImageScores()
     {
         // The scoring of before windows existed, written out from the primitives: every mask inpaints the whole 64 px image,

@@ -75,7 +75,7 @@ public sealed class AnomalyDetector(InpaintingModel model, DetectorOptions optio
     public ImageScore Score(string category, RgbImage image, double? noiseStrength = null, bool restored = false)
     {
         var (weights, scales) = Options.FusionFor(category);
-        var c = Components(category, image, noiseStrength, weights.UsesInpainting, weights.ErrorMap > 0, restored);
+        var c = Components(category, image, noiseStrength, weights.UsesInpainting, weights.ErrorMap > 0, restored, multiScale: weights.MultiScale > 0);
         var smoothed = GaussianSmoothing.Blur(ScoreFusion.Weighted(c.MultiScale, c.Prototype, c.ErrorMap, weights, scales, image.Height, image.Width), Options.Sigma);
         return new ImageScore(smoothed, smoothed.Max(), c.RawErrorMap, c.PrototypeMask, c.Restored);
     }
@@ -83,7 +83,10 @@ public sealed class AnomalyDetector(InpaintingModel model, DetectorOptions optio
     /// <summary>The maps that <see cref="Score"/> fuses (for calibration, which fuses them under many weights).</summary>
     /// <param name="inpainting">Compute S_ms and S_pg (the UNet work).</param>
     /// <param name="errorMap">Return the upsampled E.</param>
-    public ScoreComponents Components(string category, RgbImage image, double? noiseStrength, bool inpainting, bool errorMap, bool restored = false)
+    /// <param name="multiScale">Inpaint the grid masks for S_ms. False (a calibrated weight of 0 on S_ms) inpaints the prototype mask
+    /// alone, with the noise it has among the grid masks (seed + its index), and returns no S_ms: 1 mask of UNet work instead of 86.</param>
+    public ScoreComponents Components(string category, RgbImage image, double? noiseStrength, bool inpainting, bool errorMap, bool restored = false,
+                                      bool multiScale = true)
     {
         int h = image.Height, w = image.Width;
         var inpaint = Options.Inpaint ?? new InpaintOptions();
@@ -105,11 +108,16 @@ public sealed class AnomalyDetector(InpaintingModel model, DetectorOptions optio
         }
         if (!inpainting) return new ScoreComponents(null, null, upsampled, errors, prototypeMask, null);
 
-        var (grid, gridMaps) = GridFor(h, w);
+        var (allGrid, allGridMaps) = GridFor(h, w);
+        IReadOnlyList<GridMask> grid = multiScale ? allGrid : [];
+        Map2D[] gridMaps = multiScale ? allGridMaps : [];
         var masks = grid.Select(g => g.Mask).ToList();
         // An empty prototype mask (E constant) inpaints nothing: its S_pg is 0 and needs no UNet work.
         bool usePrototype = prototypeMask is not null && prototypeMask.Count > 0;
         if (usePrototype) masks.Add(prototypeMask!);
+        if (masks.Count == 0) return new ScoreComponents(null, prototypeTerm ? new Map2D(h, w) : null, upsampled, errors, prototypeMask, null);
+        // Mask i's noise is seeded seed + i: the prototype mask alone keeps the noise it has after the grid masks.
+        if (!multiScale) inpaint = inpaint with { Seed = inpaint.Seed + (ulong)allGrid.Count };
         var (distances, inpaintings) = model.InpaintDistances(category, image, masks, inpaint, returnInpaintings: restored);
 
         var scaleScores = new List<Map2D>();
@@ -127,7 +135,7 @@ public sealed class AnomalyDetector(InpaintingModel model, DetectorOptions optio
             int arg = Enumerable.Range(0, masks.Count).MaxBy(k => MaxInside(masks[k], distances[k]));
             best = inpaintings[arg];
         }
-        return new ScoreComponents(ScoreFusion.HarmonicMean(scaleScores), prototypeTerm ? prototypeGuided : null, upsampled, errors, prototypeMask, best);
+        return new ScoreComponents(multiScale ? ScoreFusion.HarmonicMean(scaleScores) : null, prototypeTerm ? prototypeGuided : null, upsampled, errors, prototypeMask, best);
     }
 
     private static double MaxInside(BinaryMask mask, Map2D distance)

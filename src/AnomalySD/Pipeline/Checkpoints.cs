@@ -99,6 +99,9 @@ public static class Checkpoints
         if (masks != MaskStrategy.Prototype)
             foreach (var (category, k) in calibration.Where(kv => !kv.Value.Weights.UsesInpainting))
                 log?.LogInformation("{Category}: the calibrated weights give the inpainting terms no weight: scored from the prototype error map E alone, without UNet work", category);
+        if (masks == MaskStrategy.Full)
+            foreach (var (category, k) in calibration.Where(kv => kv.Value.Weights is { MultiScale: 0, Prototype: > 0 }))
+                log?.LogInformation("{Category}: the calibrated weights give S_ms no weight: only the prototype-guided mask is inpainted (1 mask per image instead of the grid's)", category);
         if (masks != MaskStrategy.Prototype)
         {
             // Refused before any work, as the engine would refuse it at the first image (diffusers does too).
