@@ -30,16 +30,24 @@ public sealed class MultiResolutionTests : IDisposable
         return model;
     }
 
+    /// <summary>The compact model (seed 3) with one bottle shot as prototypes, a broken bottle at 64 px, 10 steps at λ 0.4 (seed 5),
+    /// whole-image inpainting at 64 px, and a detector with grid scales 1, 2, 4.</summary>
+    private static (InpaintingModel Model, RgbImage Image, InpaintOptions Inpaint, AnomalyDetector Detector) BottleAt64()
+    {
+        var model = ScoredModel(3);
+        var image = ImageIO.LoadRgb(TestPaths.Shared("data/bottle/test/broken_large/000.png"), 64);
+        model.AddPrototypes("bottle", [ImageIO.LoadRgb(TestPaths.Shared("data/bottle/train/good/000.png"), 64)]);
+        var inpaint = new InpaintOptions(10, 0.4, 0, 5, WindowContext: null, InpaintSize: 64);
+        return (model, image, inpaint, new AnomalyDetector(model, new DetectorOptions(MaskStrategy.Full, [1, 2, 4], Inpaint: inpaint)));
+    }
+
     [Fact]
     public void WithoutAMultiScaleWeightOnlyThePrototypeMaskIsInpaintedWithItsOwnNoise()
     {
         // A calibrated weight of 0 on S_ms needs only the prototype mask: inpainted alone, it must keep the noise it has after the
         // 21 grid masks (seed + 21), so S_pg is the full computation's (within float error of another batch shape).
-        using var model = ScoredModel(3);
-        var image = ImageIO.LoadRgb(TestPaths.Shared("data/bottle/test/broken_large/000.png"), 64);
-        model.AddPrototypes("bottle", [ImageIO.LoadRgb(TestPaths.Shared("data/bottle/train/good/000.png"), 64)]);
-        var inpaint = new InpaintOptions(10, 0.4, 0, 5, WindowContext: null, InpaintSize: 64);
-        var detector = new AnomalyDetector(model, new DetectorOptions(MaskStrategy.Full, [1, 2, 4], Inpaint: inpaint));
+        var (model, image, inpaint, detector) = BottleAt64();
+        using var _ = model;
         var all = detector.Components("bottle", image, null, inpainting: true, errorMap: true);
         var alone = detector.Components("bottle", image, null, inpainting: true, errorMap: true, multiScale: false);
         Assert.NotNull(all.MultiScale);
@@ -57,11 +65,8 @@ public sealed class MultiResolutionTests : IDisposable
         // The scoring of before windows existed, written out from the primitives: every mask inpaints the whole 64 px image,
         // D(x, x̂_i) on the whole image (eq. 16-17), then eq. 18-21 and the blur. --window-context full with the analysis
         // size equal to the inpainting size must give the same map and score within 1e-6.
-        using var model = ScoredModel(3);
-        var image = ImageIO.LoadRgb(TestPaths.Shared("data/bottle/test/broken_large/000.png"), 64);
-        model.AddPrototypes("bottle", [ImageIO.LoadRgb(TestPaths.Shared("data/bottle/train/good/000.png"), 64)]);
-        var inpaint = new InpaintOptions(10, 0.4, 0, 5, WindowContext: null, InpaintSize: 64);
-        var detector = new AnomalyDetector(model, new DetectorOptions(MaskStrategy.Full, [1, 2, 4], Inpaint: inpaint));
+        var (model, image, inpaint, detector) = BottleAt64();
+        using var _ = model;
         var score = detector.Score("bottle", image);
 
         var grid = MaskProposals.Grid(64, 64, [1, 2, 4]);
