@@ -251,7 +251,6 @@ public static class ShardMerge
 
     private static string Short(string s) => s.Length > 80 ? s[..77] + "..." : s;
 
-    /// <summary>Reads a shard's records (scores and lossless maps).</summary>
     /// <summary>A shard folder's manifest.json, checked to be this format and version.</summary>
     /// <exception cref="InvalidDataException">no manifest (an unfinished shard), invalid JSON, or another format or version.</exception>
     public static JsonObject ReadManifest(string folder)
@@ -267,6 +266,7 @@ public static class ShardMerge
         return m;
     }
 
+    /// <summary>Reads a shard's records (scores and lossless maps).</summary>
     public static ShardData Read(string folder, JsonObject manifest)
     {
         var records = new List<ImageRecord>();
