@@ -154,16 +154,16 @@ public sealed class CalibrationTests
     }
 
     [Fact]
-    public void LambdaTiesWithinTheToleranceGoToThePapersLambda()
+    public void TheBestLambdaWinsAndOnlyExactTiesGoToThePapersLambda()
     {
-        // The main job's bottle: three λ within 1e-4 of each other; exact comparison took 0.5, the tolerance keeps the paper's 0.4.
-        Assert.Equal(1, Calibrator.ChooseLambda([(0.3, 0.99880), (0.4, 0.99880), (0.5, 0.99884)], 0.4));
-        // pcb: 0.5 better by 0.04, more than the tolerance: it wins.
+        // The 1-shot main job's pcb: 0.3 better by 1e-4 is chosen (no tolerance toward the paper's λ).
+        Assert.Equal(1, Calibrator.ChooseLambda([(0.4, 0.8283), (0.3, 0.8284)], 0.4));
+        // A better λ above the paper's wins too, whatever the order of the candidates.
         Assert.Equal(1, Calibrator.ChooseLambda([(0.4, 0.7451), (0.5, 0.7858), (0.3, 0.7737)], 0.4));
-        // Just inside and just outside the tolerance, whatever the order of the candidates.
-        double t = Calibrator.LambdaTolerance;
-        Assert.Equal(0, Calibrator.ChooseLambda([(0.4, 0.9 - t + 1e-9), (0.3, 0.9)], 0.4));
-        Assert.Equal(1, Calibrator.ChooseLambda([(0.4, 0.9 - t - 1e-9), (0.3, 0.9)], 0.4));
+        Assert.Equal(2, Calibrator.ChooseLambda([(0.3, 0.99880), (0.4, 0.99880), (0.5, 0.99884)], 0.4));
+        // Exact ties (the 4-shot checkpoint: both categories scored the same at 0.3 and 0.4): the paper's λ, in either order.
+        Assert.Equal(1, Calibrator.ChooseLambda([(0.3, 0.9996), (0.4, 0.9996)], 0.4));
+        Assert.Equal(0, Calibrator.ChooseLambda([(0.4, 0.9996), (0.3, 0.9996)], 0.4));
         // Equidistant from the paper's λ and tied: the smaller (fewer denoising steps).
         Assert.Equal(1, Calibrator.ChooseLambda([(0.5, 0.8), (0.3, 0.8)], 0.4));
         Assert.Throws<ArgumentException>(() => Calibrator.ChooseLambda([], 0.4));
