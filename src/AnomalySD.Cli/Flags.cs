@@ -206,6 +206,9 @@ public abstract class FitFlags : ScoringFlags
     [Option("calibration-lambdas", Default = "0.3,0.4", HelpText = "The λ grid calibration chooses from (a λ above the paper's 0.4 costs more UNet work per mask).")]
     public string CalibrationLambdas { get; set; } = "0.3,0.4";
 
+    [Option("calibration-resamples", Default = Calibrator.DefaultResamples, HelpText = "Bootstrap resamples of calibration's one-standard-error rule (a cheaper weighting within one standard error of the best is taken); 0: the best calibration objective wins.")]
+    public int CalibrationResamples { get; set; } = Calibrator.DefaultResamples;
+
     [Option("unet-steps", Default = 300, HelpText = "UNet fine-tuning steps (eq. 8).")]
     public int UnetSteps { get; set; } = 300;
 
@@ -264,11 +267,11 @@ public abstract class FitFlags : ScoringFlags
                 ? v : throw new ArgumentException($"--calibration-lambdas '{CalibrationLambdas}': '{t}' is not a number")).ToList();
         try
         {
-            var o = new CalibrationOptions(int.Parse(size[0]), int.Parse(size[1]), lambdas, Seed: (int)(Seed % int.MaxValue));
+            var o = new CalibrationOptions(int.Parse(size[0]), int.Parse(size[1]), lambdas, Seed: (int)(Seed % int.MaxValue), Resamples: CalibrationResamples);
             o.Validate();
             return o;
         }
-        catch (ArgumentException e) { throw new ArgumentException($"--calibration-size / --calibration-lambdas: {e.Message}"); }
+        catch (ArgumentException e) { throw new ArgumentException($"--calibration-size / --calibration-lambdas / --calibration-resamples: {e.Message}"); }
     }
 
     /// <summary>The library's fit options, by name.</summary>

@@ -170,6 +170,60 @@ public sealed class CalibrationTests
     }
 
     [Fact]
+    public void TheOneStandardErrorRuleTakesTheCheapestWeightingWithinOneStandardError()
+    {
+        Assert.Equal(0, Calibrator.Cost(new FusionWeights(0, 0, 1)));
+        Assert.Equal(1, Calibrator.Cost(new FusionWeights(0, 0.6, 0.4)));
+        Assert.Equal(2, Calibrator.Cost(new FusionWeights(0.1, 0, 0.9)));
+        Assert.Equal(2, Calibrator.Cost(FusionWeights.Paper()));
+        // Candidates cheapest first: (objective, standard error of best − candidate).
+        Assert.Equal(0, Calibrator.ChooseParsimonious(0.9996, [(0.9990, 0.0008), (0.9995, 0.0001)]));
+        Assert.Equal(1, Calibrator.ChooseParsimonious(0.90, [(0.80, 0.05), (0.89, 0.02)]));
+        Assert.Equal(-1, Calibrator.ChooseParsimonious(0.90, [(0.80, 0.05), (0.85, 0.02)]));
+        // Exactly one standard error below still qualifies (0.90 − 0.85 is 0.05 plus a rounding error).
+        Assert.Equal(0, Calibrator.ChooseParsimonious(0.90, [(0.85, 0.05)]));
+        // No standard error (the rule off, 0 resamples): the best is kept, even against an exact tie.
+        Assert.Equal(-1, Calibrator.ChooseParsimonious(0.90, [(0.90, double.NaN)]));
+        Assert.Equal(-1, Calibrator.ChooseParsimonious(0.90, []));
+    }
+
+    [Fact]
+    public void ThePairedBootstrapMatchesTheExactStratifiedResamplingDistribution()
+    {
+        // 2 normals and 2 defectives: a stratified resample is one of 2^2 x 2^2 = 16 equally likely ordered draws, so the
+        // bootstrap standard error converges to the standard deviation of the difference over those 16 draws, computed here
+        // directly with Objective.
+        var rng = new Random(5);
+        Map2D Noisy(Map2D m) => new(16, 16, m.Data.Select(v => v + 0.6 * rng.NextDouble()).ToArray());
+        var maps = new List<CalibrationMaps>
+        {
+            new(Noisy(Flat(0)), null, Noisy(Spot(0, 0.9, 3, 3)), null),
+            new(Noisy(Spot(0, 1.2, 8, 2)), null, Noisy(Flat(0)), null),
+            new(Noisy(Spot(0, 1, 2, 3)), null, Noisy(Spot(0, 0.5, 2, 3)), SpotMask(2, 3)),
+            new(Noisy(Flat(0)), null, Noisy(Spot(0, 1.5, 9, 8)), SpotMask(9, 8)),
+        };
+        FusionWeights e = new(0, 0, 1), ms = new(1, 0, 0);
+        double Diff(int[] draw)
+        {
+            var pick = draw.Select(i => maps[i]).ToList();
+            return Calibrator.Objective(pick, MapScales.Raw, e, Calibrator.SearchPixelStride).Objective
+                 - Calibrator.Objective(pick, MapScales.Raw, ms, Calibrator.SearchPixelStride).Objective;
+        }
+        var all = (from a in new[] { 0, 1 } from b in new[] { 0, 1 } from c in new[] { 2, 3 } from d in new[] { 2, 3 } select Diff([a, b, c, d])).ToList();
+        double mean = all.Average(), exact = Math.Sqrt(all.Sum(v => (v - mean) * (v - mean)) / all.Count);
+        Assert.True(exact > 0.01, $"the fixture must vary across draws, sd {exact}");
+
+        double se = Calibrator.PairedStandardError(maps, MapScales.Raw, e, maps, MapScales.Raw, ms, 20000, seed: 3);
+        Assert.InRange(se / exact, 0.97, 1.03);
+        // Seeded, antisymmetric in its arguments, 0 against itself, NaN when off.
+        Assert.Equal(se, Calibrator.PairedStandardError(maps, MapScales.Raw, e, maps, MapScales.Raw, ms, 20000, seed: 3));
+        Assert.Equal(se, Calibrator.PairedStandardError(maps, MapScales.Raw, ms, maps, MapScales.Raw, e, 20000, seed: 3), 12);
+        Assert.Equal(0.0, Calibrator.PairedStandardError(maps, MapScales.Raw, e, maps, MapScales.Raw, e, 200, seed: 3));
+        Assert.True(double.IsNaN(Calibrator.PairedStandardError(maps, MapScales.Raw, e, maps, MapScales.Raw, ms, 0, seed: 3)));
+        Assert.Throws<ArgumentException>(() => Calibrator.PairedStandardError(maps, MapScales.Raw, e, maps.Take(3).ToList(), MapScales.Raw, ms, 10, 3));
+    }
+
+    [Fact]
     public void NormalisationIsMonotonicAndPutsTheThresholdAtHalf()
     {
         var n = ScoreNormalization.Create(2, 5, 11);

@@ -17,11 +17,12 @@ namespace AnomalySD.Pipeline;
 /// <param name="Seed">Seed of the augmentations and defects.</param>
 /// <param name="Scales">Grid scales calibration scores with (null = 1, 2, 4, 8, as scoring).</param>
 /// <param name="NumInferenceSteps">DDIM schedule length calibration scores with (the paper's 50, as scoring).</param>
+/// <param name="Resamples">Bootstrap resamples of the one-standard-error rule (<see cref="Calibrator"/>); 0 = off, the best objective wins.</param>
 /// <remarks>The defaults keep calibration within 10 minutes of a 2-core fit of two compact categories (measured: 942 s with 3 + 4
 /// images and λ ∈ {0.3, 0.4, 0.5}, about 21 s per image per λ). The default grid stops at the paper's λ = 0.4 so that a calibrated
 /// model never runs more denoising steps per mask than the paper's setting; pass 0.5 in <see cref="Lambdas"/> to search above it.</remarks>
 public sealed record CalibrationOptions(int Normals = 3, int Defectives = 3, IReadOnlyList<double>? Lambdas = null, double WeightStep = 0.1, int Seed = 0,
-                                        IReadOnlyList<int>? Scales = null, int NumInferenceSteps = 50)
+                                        IReadOnlyList<int>? Scales = null, int NumInferenceSteps = 50, int Resamples = Calibrator.DefaultResamples)
 {
     public static readonly IReadOnlyList<double> DefaultLambdas = [0.3, 0.4];
     public IReadOnlyList<double> ResolvedLambdas => Lambdas ?? DefaultLambdas;
@@ -32,6 +33,7 @@ public sealed record CalibrationOptions(int Normals = 3, int Defectives = 3, IRe
         if (NumInferenceSteps < 1) throw new ArgumentException($"calibration needs num_inference_steps >= 1, got {NumInferenceSteps}");
         foreach (double l in ResolvedLambdas)
             if ((int)(NumInferenceSteps * l) < 1) throw new ArgumentException($"calibration λ {l} of {NumInferenceSteps} steps leaves 0 denoising steps");
+        if (Resamples < 0) throw new ArgumentException($"calibration bootstrap resamples must be >= 0, got {Resamples}");
         if (Normals < 1 || Defectives < 1) throw new ArgumentException($"calibration needs at least 1 normal and 1 defective image per category, got {Normals} and {Defectives}");
         if (ResolvedLambdas.Count == 0 || ResolvedLambdas.Any(l => !(l > 0 && l <= 1)))
             throw new ArgumentException($"calibration λ values must be in (0, 1], got {string.Join(",", ResolvedLambdas)}");
@@ -215,9 +217,20 @@ public sealed record CalibrationMaps(Map2D? MultiScale, Map2D? Prototype, Map2D 
 
 /// <summary>
 /// Chooses λ and the fusion weights of one category on its calibration set (paper section 4.3, eq. 19-21 generalised by
-/// <see cref="FusionWeights"/>). The objective is the mean of image AUROC and pixel AUROC; ties go to the paper's values
-/// (λ = 0.4, weights (0.9, 0.1, 0) on raw maps, then the nearest λ and weights; <see cref="ChooseLambda"/>). The three maps are
-/// computed once per λ and every weight combination is then a linear combination of them: no further UNet work.
+/// <see cref="FusionWeights"/>). The objective is the mean of image AUROC and pixel AUROC. The three maps are computed once per
+/// λ and every weight combination is then a linear combination of them: no further UNet work.
+/// <para>The choice, in two steps:</para>
+/// <list type="number">
+/// <item>Within each cost class (<see cref="Cost"/>: E alone, no UNet work; S_pg and E, one inpainted mask per image; any
+/// weight on S_ms, every grid mask too) the best objective over the weights and λ; exact ties go to the paper's values
+/// (λ = 0.4, weights (0.9, 0.1, 0) on raw maps, then the nearest λ and weights; <see cref="ChooseLambda"/>).</item>
+/// <item>The one-standard-error rule (Breiman et al. 1984, CART §3.4.3; Hastie, Tibshirani and Friedman 2009, ESL §7.10): the
+/// cheapest class whose best is within one standard error of the overall best is taken (<see cref="ChooseParsimonious"/>).
+/// The standard error is that of the paired difference of the two objectives over a bootstrap of the calibration images
+/// (normals and defectives resampled separately, <see cref="PairedStandardError"/>). A calibration set of a few images cannot
+/// tell a difference below its standard error from noise, and the best of 134 candidates is optimistic on the set it was
+/// chosen on; the cheaper class then costs a fraction of the UNet work for the same expected quality.</item>
+/// </list>
 /// </summary>
 public static class Calibrator
 {
@@ -225,12 +238,15 @@ public static class Calibrator
     /// metrics are then computed on every pixel).</summary>
     public const int SearchPixelStride = 2;
 
+    /// <summary>Bootstrap resamples of the one-standard-error rule (0 turns the rule off: the best objective wins).</summary>
+    public const int DefaultResamples = 200;
+
     public static CategoryCalibration Calibrate(AnomalyDetector detector, string category, IReadOnlyList<CalibrationSample> samples, CalibrationOptions options,
                                                 ILogger log, double paperLambda = 0.4)
     {
         options.Validate();
         var grid = FusionWeights.SimplexGrid(options.WeightStep);
-        var candidates = new List<Candidate>();
+        var scored = new List<Candidate[]>();
         var errorMaps = new Map2D[samples.Count];
         foreach (double lambda in options.ResolvedLambdas.OrderBy(l => Math.Abs(l - paperLambda)).ThenBy(l => l))
         {
@@ -242,17 +258,80 @@ public static class Calibrator
                 errorMaps[i] ??= c.ErrorMap!;
                 maps[i] = new CalibrationMaps(Smooth(c.MultiScale, detector), Smooth(c.Prototype, detector), Smooth(errorMaps[i], detector)!, samples[i].Mask);
             }
-            var scales = Spread(maps, samples);
-            var candidate = Search(maps, scales, grid, lambda, paperLambda);
-            log.LogInformation("{Category}: calibration λ {Lambda}: best {Weights}, objective {Objective:F4}", category, lambda, candidate.Weights, candidate.Objective);
-            candidates.Add(candidate);
+            var all = Score(maps, Spread(maps, samples), grid, lambda, paperLambda);
+            scored.Add(all);
+            log.LogInformation("{Category}: calibration λ {Lambda}: best {Weights}, objective {Objective:F4}; E alone {E:F4}; best without S_ms {Pg:F4}; paper's eq. 21 {Paper:F4}",
+                category, lambda, Best(all).Weights, Best(all).Objective, Best(all.Where(c => Cost(c.Weights) == 0)).Objective,
+                Best(all.Where(c => Cost(c.Weights) <= 1)).Objective, all[0].Objective);
         }
-        int chosen = ChooseLambda(candidates.Select(c => (c.Lambda, c.Objective)).ToList(), paperLambda);
-        return Finish(candidates[chosen], samples);
+        Candidate BestOver(Func<Candidate, bool> include)
+        {
+            var perLambda = scored.Select(all => Best(all.Where(include))).ToList();
+            return perLambda[ChooseLambda(perLambda.Select(c => (c.Lambda, c.Objective)).ToList(), paperLambda)];
+        }
+        var best = BestOver(_ => true);
+        var cheaper = Enumerable.Range(0, Cost(best.Weights)).Select(k => BestOver(c => Cost(c.Weights) == k)).ToList();
+        var errors = cheaper.Select(c => PairedStandardError(best.Maps, best.Scales, best.Weights, c.Maps, c.Scales, c.Weights,
+                                                             options.Resamples, options.Seed)).ToList();
+        int pick = ChooseParsimonious(best.Objective, cheaper.Zip(errors, (c, se) => (c.Objective, se)).ToList());
+        for (int k = 0; k < cheaper.Count; k++)
+            log.LogInformation("{Category}: one-standard-error rule: {Best:F5} ({Weights}) against {Cheaper:F5} ({CheaperWeights}): difference {Difference:G3}, standard error {Se:G3}: {Verdict}",
+                category, best.Objective, best.Weights, cheaper[k].Objective, cheaper[k].Weights, best.Objective - cheaper[k].Objective, errors[k],
+                k == pick ? "the cheaper is taken" : k < pick || pick < 0 ? "not within" : "not needed");
+        return Finish(pick >= 0 ? cheaper[pick] : best, samples);
     }
 
     /// <summary>Objectives closer than this are equal (the weight search and the choice of λ use the same test).</summary>
     private const double ExactTie = 1e-12;
+
+    /// <summary>The UNet cost class of a weighting: 0 = E alone (no inpainting), 1 = S_pg (and E) without S_ms (the
+    /// prototype-guided mask only), 2 = S_ms weighted (every grid mask and the prototype-guided one).</summary>
+    public static int Cost(FusionWeights w) => w.MultiScale > 0 ? 2 : w.Prototype > 0 ? 1 : 0;
+
+    /// <summary>The one-standard-error rule: the index of the first (cheapest) of <paramref name="cheaper"/> whose objective is
+    /// at most one standard error below <paramref name="bestObjective"/>, or −1 when none is (the best is kept).</summary>
+    /// <param name="bestObjective">The best objective of all candidates.</param>
+    /// <param name="cheaper">Cheaper candidates, cheapest first: their objective and the standard error of the paired difference
+    /// (best − cheaper); a NaN standard error never qualifies.</param>
+    public static int ChooseParsimonious(double bestObjective, IReadOnlyList<(double Objective, double StandardError)> cheaper)
+    {
+        for (int k = 0; k < cheaper.Count; k++)
+            if (bestObjective - cheaper[k].Objective <= cheaper[k].StandardError + ExactTie) return k;
+        return -1;
+    }
+
+    /// <summary>
+    /// The standard error of objective(a) − objective(b) over <paramref name="resamples"/> stratified bootstrap resamples of the
+    /// calibration images (normals and defectives each drawn with replacement to their own count; both weightings see the same
+    /// draw). Objectives as <see cref="Objective"/> with <see cref="SearchPixelStride"/>. Deterministic for a seed. 0 resamples,
+    /// or a set with a single normal and a single defective, give NaN (the rule is then off).
+    /// </summary>
+    /// <exception cref="ArgumentException">the two map lists differ in length or labels.</exception>
+    public static double PairedStandardError(IReadOnlyList<CalibrationMaps> a, MapScales scalesA, FusionWeights wa,
+                                             IReadOnlyList<CalibrationMaps> b, MapScales scalesB, FusionWeights wb, int resamples, int seed)
+    {
+        if (a.Count != b.Count || a.Where((m, i) => (m.Mask is null) != (b[i].Mask is null)).Any())
+            throw new ArgumentException("the paired bootstrap needs the same calibration images for both weightings");
+        var normals = Enumerable.Range(0, a.Count).Where(i => a[i].Mask is null).ToArray();
+        var defectives = Enumerable.Range(0, a.Count).Where(i => a[i].Mask is not null).ToArray();
+        if (resamples <= 0 || normals.Length + defectives.Length <= 2 || normals.Length == 0 || defectives.Length == 0) return double.NaN;
+        var fa = Fused(a, scalesA, wa);
+        var fb = Fused(b, scalesB, wb);
+        var rng = new Random(seed);
+        var differences = new List<double>();
+        var draw = new int[a.Count];
+        for (int r = 0; r < resamples; r++)
+        {
+            int n = 0;
+            foreach (var pool in new[] { normals, defectives })
+                for (int j = 0; j < pool.Length; j++) draw[n++] = pool[rng.Next(pool.Length)];
+            double d = ObjectiveOf(draw.Select(i => fa[i]).ToList()) - ObjectiveOf(draw.Select(i => fb[i]).ToList());
+            if (!double.IsNaN(d)) differences.Add(d);
+        }
+        if (differences.Count < 2) return double.NaN;
+        double mean = differences.Average();
+        return Math.Sqrt(differences.Sum(d => (d - mean) * (d - mean)) / (differences.Count - 1));
+    }
 
     /// <summary>The index of the chosen λ: the best objective; among exact ties (<see cref="ExactTie"/>) the λ nearest
     /// <paramref name="paperLambda"/> (distances rounded to 1e-9, so 0.3 and 0.5 are equally near 0.4; then the smaller): issue 11's
@@ -267,7 +346,7 @@ public static class Calibrator
                          .OrderBy(i => Math.Round(Math.Abs(candidates[i].Lambda - paperLambda), 9)).ThenBy(i => candidates[i].Lambda).First();
     }
 
-    private sealed record Candidate(double Lambda, FusionWeights Weights, MapScales Scales, double Objective, CalibrationMaps[] Maps);
+    private sealed record Candidate(double Lambda, FusionWeights Weights, MapScales Scales, double Objective, double Distance, CalibrationMaps[] Maps);
 
     /// <summary>σ of each map over the calibration normals' pixels (1 when a map is absent or constant there).</summary>
     private static MapScales Spread(CalibrationMaps[] maps, IReadOnlyList<CalibrationSample> samples)
@@ -289,40 +368,43 @@ public static class Calibrator
     /// </summary>
     public static (FusionWeights Weights, double Objective) SearchWeights(IReadOnlyList<CalibrationMaps> maps, MapScales scales, IReadOnlyList<FusionWeights> grid)
     {
-        var c = Search(maps.ToArray(), scales, grid, 0.4, 0.4);
+        var c = Best(Score(maps.ToArray(), scales, grid, 0.4, 0.4));
         return (c.Weights, c.Objective);
     }
 
-    private static Candidate Search(CalibrationMaps[] maps, MapScales scales, IReadOnlyList<FusionWeights> grid, double lambda, double paperLambda)
+    /// <summary>Every grid point scored (the paper's point first), with its distance to the paper's values for ties.</summary>
+    private static Candidate[] Score(CalibrationMaps[] maps, MapScales scales, IReadOnlyList<FusionWeights> grid, double lambda, double paperLambda)
     {
         // The paper's eq. 21 on raw maps, in the scaled form: w ∝ (0.9 σ_ms, 0.1 σ_pg, 0).
         var paper = FusionWeights.Paper();
         double norm = paper.MultiScale * scales.MultiScale + paper.Prototype * scales.Prototype;
         var paperScaled = new FusionWeights(paper.MultiScale * scales.MultiScale / norm, paper.Prototype * scales.Prototype / norm, 0);
+        return new[] { paperScaled }.Concat(grid).Select(w => new Candidate(lambda, w, scales, Objective(maps, scales, w, SearchPixelStride).Objective,
+            Math.Abs(lambda - paperLambda) * 10 + Math.Abs(w.MultiScale - paperScaled.MultiScale) + Math.Abs(w.Prototype - paperScaled.Prototype) + w.ErrorMap,
+            maps)).ToArray();
+    }
+
+    /// <summary>The best objective; exact ties to the smallest distance to the paper's values, then the first.</summary>
+    private static Candidate Best(IEnumerable<Candidate> candidates)
+    {
         Candidate? best = null;
-        double bestDistance = double.PositiveInfinity;
-        foreach (var w in new[] { paperScaled }.Concat(grid))
-        {
-            double objective = Objective(maps, scales, w, SearchPixelStride).Objective;
-            double distance = Math.Abs(lambda - paperLambda) * 10 + Math.Abs(w.MultiScale - paperScaled.MultiScale) + Math.Abs(w.Prototype - paperScaled.Prototype) + w.ErrorMap;
-            if (best is null || objective > best.Objective + ExactTie || (Math.Abs(objective - best.Objective) <= ExactTie && distance < bestDistance))
-            {
-                best = new Candidate(lambda, w, scales, objective, maps);
-                bestDistance = distance;
-            }
-        }
-        return best!;
+        foreach (var c in candidates)
+            if (best is null || c.Objective > best.Objective + ExactTie || (Math.Abs(c.Objective - best.Objective) <= ExactTie && c.Distance < best.Distance))
+                best = c;
+        return best ?? throw new ArgumentException("calibration has no weight candidates");
     }
 
     /// <summary>Image AUROC, pixel AUROC and their mean for fused smoothed maps (every <paramref name="stride"/>-th pixel).</summary>
-    public static (double ImageAuroc, double PixelAuroc, double Objective) Objective(IReadOnlyList<CalibrationMaps> maps, MapScales scales, FusionWeights w, int stride = 1)
-    {
-        var image = new ImageAuroc();
-        var pixel = new PixelAuroc();
-        foreach (var m in maps)
+    public static (double ImageAuroc, double PixelAuroc, double Objective) Objective(IReadOnlyList<CalibrationMaps> maps, MapScales scales, FusionWeights w, int stride = 1) =>
+        Metrics(Fused(maps, scales, w, stride));
+
+    /// <summary>One fused map reduced to what the objective reads: its maximum, and every stride-th pixel with its label.</summary>
+    private sealed record FusedSample(double Max, bool Defective, float[] Values, byte[] Labels);
+
+    private static FusedSample[] Fused(IReadOnlyList<CalibrationMaps> maps, MapScales scales, FusionWeights w, int stride = SearchPixelStride) =>
+        maps.Select(m =>
         {
             var fused = Fuse(m, w, scales);
-            image.Update([fused.Max()], [m.Mask is null ? 0 : 1]);
             int h = fused.Height, wd = fused.Width;
             var values = new List<float>();
             var labels = new List<byte>();
@@ -332,11 +414,23 @@ public static class Calibrator
                 values.Add((float)fused.Data[y * wd + x]);
                 labels.Add(m.Mask is null ? (byte)0 : m.Mask.Data[y * wd + x]);
             }
-            pixel.Update(values.ToArray(), labels.ToArray());
+            return new FusedSample(fused.Max(), m.Mask is not null, values.ToArray(), labels.ToArray());
+        }).ToArray();
+
+    private static (double ImageAuroc, double PixelAuroc, double Objective) Metrics(IReadOnlyList<FusedSample> samples)
+    {
+        var image = new ImageAuroc();
+        var pixel = new PixelAuroc();
+        foreach (var s in samples)
+        {
+            image.Update([s.Max], [s.Defective ? 1 : 0]);
+            pixel.Update(s.Values, s.Labels);
         }
         double ia = Safe(image.Compute), pa = Safe(pixel.Compute);
         return (ia, pa, (ia + pa) / 2);
     }
+
+    private static double ObjectiveOf(IReadOnlyList<FusedSample> samples) => Metrics(samples).Objective;
 
     private static Map2D Fuse(CalibrationMaps m, FusionWeights w, MapScales scales) =>
         ScoreFusion.Weighted(m.MultiScale, m.Prototype, m.ErrorMap, w, scales, m.ErrorMap.Height, m.ErrorMap.Width);
