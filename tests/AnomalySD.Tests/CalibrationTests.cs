@@ -185,6 +185,9 @@ public sealed class CalibrationTests
         // No standard error (the rule off, 0 resamples): the best is kept, even against an exact tie.
         Assert.Equal(-1, Calibrator.ChooseParsimonious(0.90, [(0.90, double.NaN)]));
         Assert.Equal(-1, Calibrator.ChooseParsimonious(0.90, []));
+        // 0 resamples turns the rule off; 1 cannot give a standard error.
+        new CalibrationOptions(Resamples: 0).Validate();
+        Assert.Throws<ArgumentException>(() => new CalibrationOptions(Resamples: 1).Validate());
     }
 
     [Fact]

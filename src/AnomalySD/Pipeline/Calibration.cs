@@ -27,13 +27,13 @@ public sealed record CalibrationOptions(int Normals = 3, int Defectives = 3, IRe
     public static readonly IReadOnlyList<double> DefaultLambdas = [0.3, 0.4];
     public IReadOnlyList<double> ResolvedLambdas => Lambdas ?? DefaultLambdas;
 
-    /// <exception cref="ArgumentException">a size, λ or step out of range, naming it.</exception>
+    /// <exception cref="ArgumentException">a size, λ, step or resample count out of range, naming it.</exception>
     public void Validate()
     {
         if (NumInferenceSteps < 1) throw new ArgumentException($"calibration needs num_inference_steps >= 1, got {NumInferenceSteps}");
         foreach (double l in ResolvedLambdas)
             if ((int)(NumInferenceSteps * l) < 1) throw new ArgumentException($"calibration λ {l} of {NumInferenceSteps} steps leaves 0 denoising steps");
-        if (Resamples < 0) throw new ArgumentException($"calibration bootstrap resamples must be >= 0, got {Resamples}");
+        if (Resamples is < 0 or 1) throw new ArgumentException($"calibration bootstrap resamples must be 0 (off) or >= 2, got {Resamples}");
         if (Normals < 1 || Defectives < 1) throw new ArgumentException($"calibration needs at least 1 normal and 1 defective image per category, got {Normals} and {Defectives}");
         if (ResolvedLambdas.Count == 0 || ResolvedLambdas.Any(l => !(l > 0 && l <= 1)))
             throw new ArgumentException($"calibration λ values must be in (0, 1], got {string.Join(",", ResolvedLambdas)}");
@@ -229,7 +229,8 @@ public sealed record CalibrationMaps(Map2D? MultiScale, Map2D? Prototype, Map2D 
 /// The standard error is that of the paired difference of the two objectives over a bootstrap of the calibration images
 /// (normals and defectives resampled separately, <see cref="PairedStandardError"/>). A calibration set of a few images cannot
 /// tell a difference below its standard error from noise, and the best of 134 candidates is optimistic on the set it was
-/// chosen on; the cheaper class then costs a fraction of the UNet work for the same expected quality.</item>
+/// chosen on; the cheaper class then costs a fraction of the UNet work for the same expected quality. E alone scores the same
+/// at every λ; it keeps the best's λ for what still inpaints (the report's restored images, the restoration check).</item>
 /// </list>
 /// </summary>
 public static class Calibrator
@@ -270,14 +271,22 @@ public static class Calibrator
             return perLambda[ChooseLambda(perLambda.Select(c => (c.Lambda, c.Objective)).ToList(), paperLambda)];
         }
         var best = BestOver(_ => true);
-        var cheaper = Enumerable.Range(0, Cost(best.Weights)).Select(k => BestOver(c => Cost(c.Weights) == k)).ToList();
-        var errors = cheaper.Select(c => PairedStandardError(best.Maps, best.Scales, best.Weights, c.Maps, c.Scales, c.Weights,
-                                                             options.Resamples, options.Seed)).ToList();
-        int pick = ChooseParsimonious(best.Objective, cheaper.Zip(errors, (c, se) => (c.Objective, se)).ToList());
-        for (int k = 0; k < cheaper.Count; k++)
-            log.LogInformation("{Category}: one-standard-error rule: {Best:F5} ({Weights}) against {Cheaper:F5} ({CheaperWeights}): difference {Difference:G3}, standard error {Se:G3}: {Verdict}",
-                category, best.Objective, best.Weights, cheaper[k].Objective, cheaper[k].Weights, best.Objective - cheaper[k].Objective, errors[k],
-                k == pick ? "the cheaper is taken" : k < pick || pick < 0 ? "not within" : "not needed");
+        // E alone scores the same at every λ (E is computed once); it keeps the best's λ, which then serves what still
+        // inpaints under an E-alone choice: the report's restored images and the restoration check.
+        var atBestLambda = scored.First(all => all[0].Lambda == best.Lambda);
+        var cheaper = Enumerable.Range(0, Cost(best.Weights))
+                                .Select(k => k == 0 ? Best(atBestLambda.Where(c => Cost(c.Weights) == 0)) : BestOver(c => Cost(c.Weights) == k)).ToList();
+        // Cheapest first; a class is only bootstrapped when every cheaper one failed.
+        int pick = -1;
+        for (int k = 0; k < cheaper.Count && pick < 0; k++)
+        {
+            var c = cheaper[k];
+            double se = PairedStandardError(best.Maps, best.Scales, best.Weights, c.Maps, c.Scales, c.Weights, options.Resamples, options.Seed);
+            if (ChooseParsimonious(best.Objective, [(c.Objective, se)]) == 0) pick = k;
+            log.LogInformation("{Category}: one-standard-error rule: {Best:F5} (λ {Lambda}, {Weights}) against {Cheaper:F5} (λ {CheaperLambda}, {CheaperWeights}): difference {Difference:G3}, standard error {Se:G3}: {Verdict}",
+                category, best.Objective, best.Lambda, best.Weights, c.Objective, c.Lambda, c.Weights, best.Objective - c.Objective, se,
+                double.IsNaN(se) ? "rule off (no standard error)" : pick == k ? "the cheaper is taken" : "not within");
+        }
         return Finish(pick >= 0 ? cheaper[pick] : best, samples);
     }
 
@@ -303,8 +312,10 @@ public static class Calibrator
     /// <summary>
     /// The standard error of objective(a) − objective(b) over <paramref name="resamples"/> stratified bootstrap resamples of the
     /// calibration images (normals and defectives each drawn with replacement to their own count; both weightings see the same
-    /// draw). Objectives as <see cref="Objective"/> with <see cref="SearchPixelStride"/>. Deterministic for a seed. 0 resamples,
-    /// or a set with a single normal and a single defective, give NaN (the rule is then off).
+    /// draw). Objectives as <see cref="Objective"/> with <see cref="SearchPixelStride"/>. Deterministic for a seed. A draw whose
+    /// objective is undefined (NaN: no defective pixel on the stride grid) is left out. NaN (the rule is then off) for fewer than 2
+    /// resamples, a set without normals or without defectives, a single normal and a single defective (every draw is the set
+    /// itself), or fewer than 2 defined draws.
     /// </summary>
     /// <exception cref="ArgumentException">the two map lists differ in length or labels.</exception>
     public static double PairedStandardError(IReadOnlyList<CalibrationMaps> a, MapScales scalesA, FusionWeights wa,
@@ -314,9 +325,9 @@ public static class Calibrator
             throw new ArgumentException("the paired bootstrap needs the same calibration images for both weightings");
         var normals = Enumerable.Range(0, a.Count).Where(i => a[i].Mask is null).ToArray();
         var defectives = Enumerable.Range(0, a.Count).Where(i => a[i].Mask is not null).ToArray();
-        if (resamples <= 0 || normals.Length + defectives.Length <= 2 || normals.Length == 0 || defectives.Length == 0) return double.NaN;
-        var fa = Fused(a, scalesA, wa);
-        var fb = Fused(b, scalesB, wb);
+        if (resamples < 2 || normals.Length + defectives.Length <= 2 || normals.Length == 0 || defectives.Length == 0) return double.NaN;
+        var fa = Fused(a, scalesA, wa, SearchPixelStride);
+        var fb = Fused(b, scalesB, wb, SearchPixelStride);
         var rng = new Random(seed);
         var differences = new List<double>();
         var draw = new int[a.Count];
@@ -401,7 +412,7 @@ public static class Calibrator
     /// <summary>One fused map reduced to what the objective reads: its maximum, and every stride-th pixel with its label.</summary>
     private sealed record FusedSample(double Max, bool Defective, float[] Values, byte[] Labels);
 
-    private static FusedSample[] Fused(IReadOnlyList<CalibrationMaps> maps, MapScales scales, FusionWeights w, int stride = SearchPixelStride) =>
+    private static FusedSample[] Fused(IReadOnlyList<CalibrationMaps> maps, MapScales scales, FusionWeights w, int stride) =>
         maps.Select(m =>
         {
             var fused = Fuse(m, w, scales);
