@@ -261,8 +261,9 @@ public static class Calibrator
             }
             var all = Score(maps, Spread(maps, samples), grid, lambda, paperLambda);
             scored.Add(all);
+            var top = Best(all);
             log.LogInformation("{Category}: calibration λ {Lambda}: best {Weights}, objective {Objective:F4}; E alone {E:F4}; best without S_ms {Pg:F4}; paper's eq. 21 {Paper:F4}",
-                category, lambda, Best(all).Weights, Best(all).Objective, Best(all.Where(c => Cost(c.Weights) == 0)).Objective,
+                category, lambda, top.Weights, top.Objective, Best(all.Where(c => Cost(c.Weights) == 0)).Objective,
                 Best(all.Where(c => Cost(c.Weights) <= 1)).Objective, all[0].Objective);
         }
         Candidate BestOver(Func<Candidate, bool> include)
@@ -276,17 +277,17 @@ public static class Calibrator
         var atBestLambda = scored.First(all => all[0].Lambda == best.Lambda);
         var cheaper = Enumerable.Range(0, Cost(best.Weights))
                                 .Select(k => k == 0 ? Best(atBestLambda.Where(c => Cost(c.Weights) == 0)) : BestOver(c => Cost(c.Weights) == k)).ToList();
-        // Cheapest first; a class is only bootstrapped when every cheaper one failed.
-        int pick = -1;
-        for (int k = 0; k < cheaper.Count && pick < 0; k++)
+        // Cheapest first, lazily: a class is only bootstrapped when every cheaper one failed.
+        var errors = new List<double>();
+        int pick = ChooseParsimonious(best.Objective, cheaper.Select(c =>
         {
-            var c = cheaper[k];
-            double se = PairedStandardError(best.Maps, best.Scales, best.Weights, c.Maps, c.Scales, c.Weights, options.Resamples, options.Seed);
-            if (ChooseParsimonious(best.Objective, [(c.Objective, se)]) == 0) pick = k;
+            errors.Add(PairedStandardError(best.Maps, best.Scales, best.Weights, c.Maps, c.Scales, c.Weights, options.Resamples, options.Seed));
+            return (c.Objective, errors[^1]);
+        }));
+        for (int k = 0; k < errors.Count; k++)
             log.LogInformation("{Category}: one-standard-error rule: {Best:F5} (λ {Lambda}, {Weights}) against {Cheaper:F5} (λ {CheaperLambda}, {CheaperWeights}): difference {Difference:G3}, standard error {Se:G3}: {Verdict}",
-                category, best.Objective, best.Lambda, best.Weights, c.Objective, c.Lambda, c.Weights, best.Objective - c.Objective, se,
-                double.IsNaN(se) ? "rule off (no standard error)" : pick == k ? "the cheaper is taken" : "not within");
-        }
+                category, best.Objective, best.Lambda, best.Weights, cheaper[k].Objective, cheaper[k].Lambda, cheaper[k].Weights, best.Objective - cheaper[k].Objective,
+                errors[k], double.IsNaN(errors[k]) ? "rule off (no standard error)" : pick == k ? "the cheaper is taken" : "not within");
         return Finish(pick >= 0 ? cheaper[pick] : best, samples);
     }
 
@@ -301,11 +302,15 @@ public static class Calibrator
     /// at most one standard error below <paramref name="bestObjective"/>, or −1 when none is (the best is kept).</summary>
     /// <param name="bestObjective">The best objective of all candidates.</param>
     /// <param name="cheaper">Cheaper candidates, cheapest first: their objective and the standard error of the paired difference
-    /// (best − cheaper); a NaN standard error never qualifies.</param>
-    public static int ChooseParsimonious(double bestObjective, IReadOnlyList<(double Objective, double StandardError)> cheaper)
+    /// (best − cheaper); a NaN standard error never qualifies. Enumerated only up to the first that qualifies.</param>
+    public static int ChooseParsimonious(double bestObjective, IEnumerable<(double Objective, double StandardError)> cheaper)
     {
-        for (int k = 0; k < cheaper.Count; k++)
-            if (bestObjective - cheaper[k].Objective <= cheaper[k].StandardError + ExactTie) return k;
+        int k = 0;
+        foreach (var (objective, standardError) in cheaper)
+        {
+            if (bestObjective - objective <= standardError + ExactTie) return k;
+            k++;
+        }
         return -1;
     }
 
@@ -336,7 +341,7 @@ public static class Calibrator
             int n = 0;
             foreach (var pool in new[] { normals, defectives })
                 for (int j = 0; j < pool.Length; j++) draw[n++] = pool[rng.Next(pool.Length)];
-            double d = ObjectiveOf(draw.Select(i => fa[i]).ToList()) - ObjectiveOf(draw.Select(i => fb[i]).ToList());
+            double d = Metrics(draw.Select(i => fa[i]).ToList()).Objective - Metrics(draw.Select(i => fb[i]).ToList()).Objective;
             if (!double.IsNaN(d)) differences.Add(d);
         }
         if (differences.Count < 2) return double.NaN;
@@ -440,8 +445,6 @@ public static class Calibrator
         double ia = Safe(image.Compute), pa = Safe(pixel.Compute);
         return (ia, pa, (ia + pa) / 2);
     }
-
-    private static double ObjectiveOf(IReadOnlyList<FusedSample> samples) => Metrics(samples).Objective;
 
     private static Map2D Fuse(CalibrationMaps m, FusionWeights w, MapScales scales) =>
         ScoreFusion.Weighted(m.MultiScale, m.Prototype, m.ErrorMap, w, scales, m.ErrorMap.Height, m.ErrorMap.Width);
