@@ -1,4 +1,5 @@
 using AnomalySD.Data;
+using AnomalySD.Pipeline;
 using CommandLine;
 
 namespace AnomalySD.Cli;
@@ -31,6 +32,7 @@ public static class DemoCommand
 {
     public static int Run(DemoVerb o)
     {
+        using var folder = OutputFolder.Open(o.Out, OutputKind.Demo); // refused if it holds anything but an earlier demo
         string data = Path.Combine(o.Out, "data");
         SyntheticDataset.Write(data, o.ImageSize, seed: (int)o.Seed);
         Console.WriteLine($"synthetic dataset written to {data} (weave: texture, washer: object; defects scratch, hole, stain)");
@@ -39,6 +41,9 @@ public static class DemoCommand
             Data = data, Shots = 1, Model = "compact", AnalysisSize = o.ImageSize, UnetSteps = o.UnetSteps, AutoencoderSteps = o.AutoencoderSteps,
             Out = Path.Combine(o.Out, "report"), Seed = o.Seed, Device = o.Device, Verbose = o.Verbose, BatchSize = 8, LearningRate = 1e-4,
         };
-        return EvalCommand.Run(eval);
+        eval.Validate();
+        int rc = EvalCommand.Run(eval);
+        folder.Complete();
+        return rc;
     }
 }

@@ -27,6 +27,8 @@ public sealed class DetectVerb : ScoringFlags
     {
         base.Validate();
         RequireOneDevice("detect");
+        if (Out is not null)
+            foreach (string input in Inputs) PathGuard.Separate(Out, "--out", input, "input");
     }
 
     [Option("out", HelpText = "Folder for a picture per image (image | map | predicted region | (no ground truth) | inpainting), named after the input's path; locked while detect runs.")]
@@ -46,7 +48,7 @@ public static class DetectCommand
             files = files.Where(f => shard.Contains(f.Name.Replace('\\', '/'))).ToList();
             log.LogInformation("shard {Shard}: {Count} of the inputs", shard, files.Count);
         }
-        using var heatmaps = o.Out is null ? null : OutputFolder.Open(o.Out); // writable and ours before any work
+        using var heatmaps = o.Out is null ? null : OutputFolder.Open(o.Out, OutputKind.Pictures); // writable and ours before any work
         var (model, meta) = Checkpoints.Load(o.Checkpoint, o.Device, o.Backbones(), log);
         using (model)
         {
@@ -80,7 +82,10 @@ public static class DetectCommand
                     AtomicFile.Write(heatmaps.File(name + "_panel.png"), stream => panel.SaveAsPng(stream));
                 }
             }
-            return failures == 0 ? 0 : 3;
+            heatmaps?.Complete();
+            if (failures == 0) return 0;
+            Console.Error.WriteLine($"anomalysd: {failures} image(s) skipped (named above)");
+            return 3;
         }
     }
 }

@@ -26,6 +26,8 @@ public sealed class EvalVerb : FitFlags
         Require(MaxImages is null || MaxImages >= 1, $"--max-images must be >= 1, got {MaxImages}");
         if (ResolvedShard() is { } shard) Require(Checkpoint is not null, $"shard {shard}: a shard never fits; write the checkpoint once with fit and pass --checkpoint");
         Require(CliSupport.SplitList(Device).Count == 1 || Checkpoint is not null, $"--device '{Device}': several engines need a checkpoint written by fit (--checkpoint)");
+        Require(Data is not null, "--data is required");
+        PathGuard.Separate(Out, "--out", Data!, "--data");
     }
 }
 
@@ -35,29 +37,33 @@ public static class EvalCommand
     {
         using var logs = CliSupport.Logging(o.Verbose);
         var log = logs.CreateLogger("eval");
-        if (o.Data is null) throw new ArgumentException("--data is required");
-        var dataset = Datasets.Open(o.Data);
         var shard = o.ResolvedShard();
-        // The report folder is proved writable and locked before any work; a shard's folder is replaced atomically at the end.
-        using var output = shard is null ? OutputFolder.Open(o.Out) : null;
-        // A shard's staging folder is made (and its --out checked) before any work too.
-        using var shardWriter = shard is null ? null : new ShardWriter(o.Out, dataset.Root);
+        // The report folder is claimed (refused if it holds anything else), proved writable and locked before any work; a
+        // shard's staging folder is made (and its --out checked) before any work too, and its folder replaced at the end.
+        using var output = shard is null ? OutputFolder.Open(o.Out, OutputKind.Report) : null;
+        var dataset = Datasets.Open(o.Data!);
+        using var shardWriter = shard is null ? null : new ShardWriter(o.Out, dataset.Root, log);
         var watch = Stopwatch.StartNew();
         var engines = new List<InpaintingModel>();
         CheckpointMetadata meta;
+        string? fingerprint = null, version = null;
         double fitSeconds = 0;
         try
         {
             if (o.Checkpoint is not null)
             {
+                // One lease for every engine: they all load the same version, and a shard's fingerprint is that of the bytes loaded.
+                using var lease = CheckpointStore.OpenForRead(o.Checkpoint);
                 CheckpointMetadata? first = null;
                 foreach (string device in o.Devices())
                 {
-                    var (model, m) = Checkpoints.Load(o.Checkpoint, device, o.Backbones(), log);
+                    var (model, m) = Checkpoints.Load(lease, device, o.Backbones(), log);
                     engines.Add(model);
                     first ??= m;
                 }
                 meta = first!;
+                version = lease.Version;
+                if (shard is not null) fingerprint = lease.Fingerprint;
             }
             else
             {
@@ -67,15 +73,15 @@ public static class EvalCommand
                 // Calibrate with what this run scores with.
                 var request = o.ToRequest(o.EvalSize);
                 if (fit.Calibration is { } c) fit = fit with { Calibration = c with { Scales = request.Scales, NumInferenceSteps = request.NumInferenceSteps } };
-                var (model, m) = Fitting.Fit(dataset, FitFlags.SelectCategories(o.Categories, dataset), fit, log, CliSupport.Progress());
+                var (model, m) = Fitting.Fit(dataset, FitFlags.FitCategories(o.Categories, dataset, log), fit, log, CliSupport.Progress());
                 engines.Add(model);
                 meta = m;
                 fitSeconds = watch.Elapsed.TotalSeconds;
             }
-            var categories = o.Categories is null ? meta.Categories.Select(c => c.Category).ToList() : FitFlags.SelectCategories(o.Categories, dataset);
+            var (categories, notFitted) = EvalCategories(o.Categories, dataset, meta, o.Checkpoint, log);
             var setup = Checkpoints.Resolve(meta, o.ToRequest(o.EvalSize), log);
             if (engines.Count > 1) log.LogInformation("{Count} engines ({Devices}) score from one queue", engines.Count, string.Join(", ", o.Devices()));
-            var run = RunInfo(o, setup, fitSeconds);
+            var run = RunInfo(o, setup, fitSeconds, version, notFitted);
             if (shard is { } s)
             {
                 log.LogInformation("shard {Shard}: scoring its images; merge the {Count} shard folders with `anomalysd merge`", s, s.Count);
@@ -84,9 +90,11 @@ public static class EvalCommand
                                             new EvaluationOptions(o.MaxImages, setup.EvalSize, s, writer.Add));
                 var manifest = new JsonObject
                 {
-                    ["checkpoint_fingerprint"] = ShardWriter.CheckpointFingerprint(o.Checkpoint!),
+                    ["checkpoint_fingerprint"] = fingerprint,
                     ["checkpoint"] = Path.GetFullPath(o.Checkpoint!),
+                    ["checkpoint_version"] = version,
                     ["data"] = Path.GetFullPath(dataset.Root),
+                    ["data_fingerprint"] = ShardWriter.DataFingerprint(dataset, categories),
                     ["options"] = ShardOptions(run),
                     ["categories"] = new JsonArray(categories.Select(c => (JsonNode)JsonValue.Create(c)!).ToArray()),
                     ["calibration"] = new JsonObject(setup.Metadata.Calibration.Select(kv => new KeyValuePair<string, JsonNode?>(kv.Key, kv.Value.ToJson()))),
@@ -97,16 +105,19 @@ public static class EvalCommand
                     ["wall_seconds"] = watch.Elapsed.TotalSeconds,
                 };
                 writer.Commit(manifest);
-                Console.WriteLine($"shard {s}: {result.Categories.Sum(c => c.Images)} images scored in {watch.Elapsed.TotalSeconds:F0} s; written to {o.Out}");
-                return 0;
+                Console.WriteLine($"shard {s}: {result.Categories.Sum(c => c.Images)} images scored, {result.Skipped.Count} skipped, in {watch.Elapsed.TotalSeconds:F0} s; written to {o.Out}");
+                return 0; // skips are recorded for merge, which reports them (exit 3 there)
             }
             var full = Evaluation.Run(engines, setup.Metadata, dataset, categories, setup.Detector, log, CliSupport.Progress(),
                                       new EvaluationOptions(o.MaxImages, setup.EvalSize));
             run["wall_seconds_total"] = watch.Elapsed.TotalSeconds;
-            ReportWriter.Write(output!.Path, full, run);
+            output!.Replace(dir => ReportWriter.Write(dir, full, run));
+            output.Complete();
             Console.WriteLine(ReportWriter.Table(full));
             Console.WriteLine($"wall time: {watch.Elapsed.TotalSeconds:F0} s (fit {fitSeconds:F0} s, eval {full.Seconds:F0} s); report: {Path.Combine(o.Out, "report.md")}");
-            return 0;
+            if (full.Skipped.Count == 0) return 0;
+            Console.Error.WriteLine($"anomalysd: {full.Skipped.Count} image(s) skipped (named above and in results.json); the metrics cover the rest");
+            return 3;
         }
         finally
         {
@@ -114,13 +125,46 @@ public static class EvalCommand
         }
     }
 
+    /// <summary>
+    /// The categories an evaluation scores: those named by --categories (each must be in the dataset and, with a checkpoint, fitted
+    /// in it), or every category of the dataset that the model was fitted on. Dataset categories the checkpoint lacks are named in
+    /// the log and in the results (returned second), never skipped silently.
+    /// </summary>
+    /// <exception cref="KeyNotFoundException">a named category that the dataset or the checkpoint does not have, or no category in common.</exception>
+    public static (IReadOnlyList<string> Categories, IReadOnlyList<string> NotFitted) EvalCategories(string? list, IDataset dataset, CheckpointMetadata meta,
+                                                                                                  string? checkpoint, ILogger log)
+    {
+        var fitted = meta.Categories.Select(c => c.Category).ToList();
+        string source = checkpoint is null ? "this run's fit" : $"checkpoint '{checkpoint}'";
+        if (list is not null)
+        {
+            var named = FitFlags.SelectCategories(list, dataset);
+            var missing = named.Where(c => !fitted.Contains(c)).ToList();
+            if (missing.Count > 0)
+                throw new KeyNotFoundException($"categor{(missing.Count > 1 ? "ies" : "y")} {string.Join(", ", missing)} {(missing.Count > 1 ? "were" : "was")} not fitted in {source} (fitted: {string.Join(", ", fitted)})");
+            return (named, []);
+        }
+        if (dataset.IgnoredFolders.Count > 0)
+            log.LogWarning("'{Root}': ignored folder(s) {Folders}: neither train/good nor test/ inside", dataset.Root, string.Join(", ", dataset.IgnoredFolders));
+        var both = dataset.Categories.Where(fitted.Contains).ToList();
+        var notFitted = dataset.Categories.Where(c => !fitted.Contains(c)).ToList();
+        if (both.Count == 0)
+            throw new KeyNotFoundException($"'{dataset.Root}' has none of the categories fitted in {source} ({string.Join(", ", fitted)}); its categories: {string.Join(", ", dataset.Categories)}");
+        if (notFitted.Count > 0)
+            log.LogWarning("skipped categor{Plural} {Categories} of the dataset: not fitted in {Source}", notFitted.Count > 1 ? "ies" : "y", string.Join(", ", notFitted), source);
+        var absent = fitted.Where(c => !dataset.Categories.Contains(c)).ToList();
+        if (absent.Count > 0) log.LogInformation("fitted categor{Plural} {Categories} not in the dataset: not evaluated", absent.Count > 1 ? "ies" : "y", string.Join(", ", absent));
+        return (both, notFitted);
+    }
+
     /// <summary>What a run used, for results.json and report.md.</summary>
-    private static JsonObject RunInfo(EvalVerb o, ScoringSetup setup, double fitSeconds)
+    private static JsonObject RunInfo(EvalVerb o, ScoringSetup setup, double fitSeconds, string? version, IReadOnlyList<string> notFitted)
     {
         var m = setup.Metadata;
         return new JsonObject
         {
-            ["model"] = m.ModelSource, ["checkpoint"] = o.Checkpoint ?? "(fitted in this run, not saved)", ["shots"] = m.Shots,
+            ["model"] = m.ModelSource, ["checkpoint"] = o.Checkpoint ?? "(fitted in this run, not saved)", ["checkpoint_version"] = version, ["shots"] = m.Shots,
+            ["categories_not_fitted"] = notFitted.Count == 0 ? null : string.Join(", ", notFitted),
             ["inpaint_size"] = m.ImageSize, ["analysis_size"] = m.AnalysisSize, ["eval_size"] = setup.EvalSize == 0 ? "original" : setup.EvalSize,
             ["window_context"] = m.WindowContext.ToString(), ["distance_resolution"] = m.DistanceResolution.ToString().ToLowerInvariant(),
             ["feature_aggregation"] = m.FeatureAggregation,
@@ -136,7 +180,7 @@ public static class EvalCommand
     private static JsonObject ShardOptions(JsonObject run)
     {
         var o = (JsonObject)run.DeepClone();
-        foreach (string key in new[] { "device", "fit_seconds", "checkpoint" }) o.Remove(key);
+        foreach (string key in new[] { "device", "fit_seconds", "checkpoint", "checkpoint_version" }) o.Remove(key);
         return o;
     }
 }

@@ -18,6 +18,8 @@ public sealed class FitVerb : FitFlags
         RequireOneDevice("fit");
         string? scoring = GivenScoringFlags().FirstOrDefault();
         Require(scoring is null, $"{scoring} is a scoring flag: give it to eval or detect, not to fit");
+        Require(Data is not null, "--data is required");
+        PathGuard.Separate(Out, "--out", Data!, "--data");
     }
 }
 
@@ -27,16 +29,19 @@ public static class FitCommand
     {
         using var logs = CliSupport.Logging(o.Verbose);
         var log = logs.CreateLogger("fit");
-        if (o.Data is null) throw new ArgumentException("--data is required");
-        var dataset = Datasets.Open(o.Data);
-        var categories = FitFlags.SelectCategories(o.Categories, dataset);
+        // The checkpoint folder is claimed (refused if it holds anything else), locked and cleaned of what killed fits left, before any work.
+        using var output = OutputFolder.Open(o.Out, OutputKind.Checkpoint);
+        CheckpointStore.Reclaim(output, log);
+        var dataset = Datasets.Open(o.Data!);
+        var categories = FitFlags.FitCategories(o.Categories, dataset, log);
         var watch = Stopwatch.StartNew();
         var (model, meta) = Fitting.Fit(dataset, categories, o.ToFitOptions(), log, CliSupport.Progress());
         using (model)
         {
-            model.Save(o.Out, meta.ToJson());
+            string version = CheckpointStore.Publish(output, dir => model.Save(dir, meta.ToJson()), log);
+            log.LogInformation("checkpoint written to {Out} (version {Version}, {Seconds:F0} s)", o.Out, version, watch.Elapsed.TotalSeconds);
         }
-        log.LogInformation("checkpoint written to {Out} ({Seconds:F0} s)", o.Out, watch.Elapsed.TotalSeconds);
+        output.Complete();
         return 0;
     }
 }

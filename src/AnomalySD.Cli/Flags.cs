@@ -59,6 +59,12 @@ public abstract class EngineFlags
         if (!condition) throw new ArgumentException(message);
     }
 
+    /// <summary>Throws "<paramref name="flag"/> <paramref name="problem"/>" when a rule (<see cref="OptionRules"/>) found one.</summary>
+    protected static void Check(string flag, string? problem)
+    {
+        if (problem is not null) throw new ArgumentException($"{flag} {problem}");
+    }
+
     /// <summary>Parses a comma-separated list of grid scales (positive integers, no repeats).</summary>
     public static IReadOnlyList<int> ParseScales(string text)
     {
@@ -105,7 +111,7 @@ public abstract class ModelFlags : EngineFlags
     public override void Validate()
     {
         base.Validate();
-        Require(AnalysisSize is null || (AnalysisSize >= 64 && AnalysisSize % 32 == 0), $"--analysis-size must be a multiple of 32, at least 64, got {AnalysisSize}");
+        Check("--analysis-size", AnalysisSize is int a ? OptionRules.AnalysisSize(a) : null);
         _ = ParsedWindowContext;
         Require(Calibrate.Equals("on", StringComparison.OrdinalIgnoreCase) || Calibrate.Equals("off", StringComparison.OrdinalIgnoreCase),
                 $"--calibrate must be on or off, got '{Calibrate}'");
@@ -157,13 +163,19 @@ public abstract class ScoringFlags : ModelFlags
         base.Validate();
         if (Scales is not null) ParseScales(Scales);
         int steps = NumInferenceSteps ?? 50;
-        Require(steps >= 1, $"--num-inference-steps must be >= 1, got {steps}");
-        Require(NoiseStrength is null || NoiseStrength is >= 0 and <= 1, $"--noise-strength must be in [0, 1], got {NoiseStrength}");
+        Check("--num-inference-steps", OptionRules.NumInferenceSteps(steps));
         if (NoiseStrength is double lambda)
-            Require((int)(steps * lambda) >= 1, $"--noise-strength {lambda} of --num-inference-steps {steps} leaves 0 denoising steps: use --noise-strength >= {1.0 / steps:G4} or more steps");
+        {
+            Check("--noise-strength", OptionRules.NoiseStrength(lambda));
+            Check($"--noise-strength {lambda.ToString(System.Globalization.CultureInfo.InvariantCulture)}", OptionRules.DenoisingSteps(lambda, steps));
+        }
         Require(InpaintBatch is null or >= 0, $"--inpaint-batch must be >= 0, got {InpaintBatch}");
         Require(ShardCount is null or >= 1, $"--shard-count must be >= 1, got {ShardCount}");
-        if (Shard is not null) ShardSpec.Parse(Shard);
+        var shard = ResolvedShard();
+        // A count without an index would run the whole split as if unsharded: refused, not run silently.
+        Require(ShardCount is null || shard is not null,
+                $"--shard-count {ShardCount} needs this process's shard index: give --shard I/N, or run it as a Kubernetes Indexed Job (JOB_COMPLETION_INDEX) or a Slurm array task");
+        Require(ShardCount is null || Shard is null || shard?.Count == ShardCount, $"--shard {Shard} and --shard-count {ShardCount} disagree on the number of shards");
     }
 
     /// <summary>The library's scoring request, by name.</summary>
@@ -242,10 +254,10 @@ public abstract class FitFlags : ScoringFlags
     public override void Validate()
     {
         base.Validate();
-        Require(Shots >= 0, $"--shots must be >= 0, got {Shots}");
-        Require(ImageSize >= 0 && ImageSize % 32 == 0, $"--image-size must be a positive multiple of 32 (or 0 for the default), got {ImageSize}");
-        Require(EvalSize is null or >= 0, $"--eval-size must be >= 0 (0 = original size), got {EvalSize}");
-        Require(FeatureAggregation is null || (FeatureAggregation >= 1 && FeatureAggregation % 2 == 1), $"--feature-aggregation must be odd and >= 1 (1 = off, 3 = PatchCore), got {FeatureAggregation}");
+        Check("--shots", OptionRules.Shots(Shots));
+        Check("--image-size", ImageSize == 0 ? null : OptionRules.InpaintSize(ImageSize) is string p ? p + " (or 0 for the model's default)" : null);
+        Check("--eval-size", EvalSize is int e ? OptionRules.EvalSize(e) : null);
+        Check("--feature-aggregation", FeatureAggregation is int k ? OptionRules.FeatureAggregation(k) : null);
         Require(UnetSteps >= 0 && DecoderSteps >= 0 && AutoencoderSteps >= 0, "--unet-steps, --decoder-steps and --autoencoder-steps must be >= 0");
         Require(BatchSize >= 1, $"--batch-size must be >= 1, got {BatchSize}");
         Require(LearningRate > 0, $"--lr must be > 0, got {LearningRate}");
@@ -281,6 +293,26 @@ public abstract class FitFlags : ScoringFlags
         Distance: Distance, AlexNetPath: AlexNet, LpipsPath: Lpips, ResNet18Path: ResNet18, PromptsPath: Prompts, ForegroundMasksDir: ForegroundMasks,
         MixedPrecision: MixedPrecision, AnalysisSize: AnalysisSize ?? 0, WindowContext: ParsedWindowContext, EvalSize: EvalSize,
         FeatureAggregation: FeatureAggregation, Calibration: CalibrationOptions(), DistanceResolution: DistanceResolution);
+
+    /// <summary>
+    /// The categories a fit trains on: those named by --categories (each must have a training split), or every category of the
+    /// dataset that has one; the others are named in the log, not dropped silently.
+    /// </summary>
+    /// <exception cref="KeyNotFoundException">a named category the dataset does not have.</exception>
+    /// <exception cref="InvalidDataException">a named category without a training split, or none to fit.</exception>
+    public static IReadOnlyList<string> FitCategories(string? list, AnomalySD.Data.IDataset dataset, Microsoft.Extensions.Logging.ILogger log)
+    {
+        if (dataset.IgnoredFolders.Count > 0)
+            Microsoft.Extensions.Logging.LoggerExtensions.LogWarning(log, "'{Root}': ignored folder(s) {Folders}: neither train/good nor test/ inside", dataset.Root, string.Join(", ", dataset.IgnoredFolders));
+        var selected = SelectCategories(list, dataset);
+        var untrainable = selected.Where(c => !dataset.HasTrainSplit(c)).ToList();
+        if (untrainable.Count > 0 && list is not null)
+            throw new InvalidDataException($"categor{(untrainable.Count > 1 ? "ies" : "y")} {string.Join(", ", untrainable)} of '{dataset.Root}' ha{(untrainable.Count > 1 ? "ve" : "s")} no training split (train/good) to fit on");
+        if (untrainable.Count > 0)
+            Microsoft.Extensions.Logging.LoggerExtensions.LogWarning(log, "skipped categor{Plural} {Categories}: no training split (train/good) to fit on", untrainable.Count > 1 ? "ies" : "y", string.Join(", ", untrainable));
+        var fit = selected.Except(untrainable).ToList();
+        return fit.Count > 0 ? fit : throw new InvalidDataException($"'{dataset.Root}' has no category with a training split (train/good) to fit on");
+    }
 
     /// <summary>The categories named by --categories (all of the dataset when absent).</summary>
     /// <exception cref="KeyNotFoundException">a category the dataset does not have.</exception>

@@ -16,6 +16,12 @@ public sealed class MergeVerb
 
     [Option("verbose", HelpText = "Debug logging.")]
     public bool Verbose { get; set; }
+
+    /// <summary>--out may not be a shard folder, inside one or around one.</summary>
+    public void Validate()
+    {
+        foreach (string shard in Shards) PathGuard.Separate(Out, "--out", shard, "shard folder");
+    }
 }
 
 public static class MergeCommand
@@ -25,25 +31,32 @@ public static class MergeCommand
         using var logs = CliSupport.Logging(o.Verbose);
         var log = logs.CreateLogger("merge");
         var folders = o.Shards.ToList();
-        using var output = OutputFolder.Open(o.Out);
         var (manifest, shards) = ShardMerge.Check(folders);
+        using var output = OutputFolder.Open(o.Out, OutputKind.Report);
         var categories = manifest["categories"]!.AsArray().Select(c => c!.GetValue<string>()).ToList();
         var records = shards.SelectMany(s => s.Records).GroupBy(r => r.Category)
             .ToDictionary(g => g.Key, g => (IReadOnlyList<ImageRecord>)g.OrderBy(r => r.Index).ToList());
-        var calibration = (manifest["calibration"] as JsonObject ?? []).ToDictionary(kv => kv.Key, kv => CategoryCalibration.FromJson(kv.Value!));
-        var skippedPerCategory = categories.ToDictionary(c => c, c => shards.Sum(s => s.Manifest["skipped_per_category"]?[c]?.GetValue<int>() ?? 0));
-        var seconds = categories.ToDictionary(c => c, c => shards.Sum(s => s.Manifest["seconds_per_category"]?[c]?.GetValue<double>() ?? 0));
-        var skipped = shards.SelectMany(s => s.Manifest["skipped"]?.AsArray().Select(x => x!.GetValue<string>()) ?? []).ToList();
+        var calibration = new Dictionary<string, CategoryCalibration>();
+        var calibrationJson = new JsonInput(Path.Combine(shards[0].Folder, "manifest.json"), "calibration", manifest["calibration"]);
+        if (calibrationJson.Exists)
+            foreach (var (category, value) in calibrationJson.Members()) calibration[category] = CategoryCalibration.FromJson(value);
+        var skippedPerCategory = categories.ToDictionary(c => c, c => shards.Sum(s => s.SkippedPerCategory.GetValueOrDefault(c)));
+        var seconds = categories.ToDictionary(c => c, c => shards.Sum(s => s.SecondsPerCategory.GetValueOrDefault(c)));
+        var skipped = shards.SelectMany(s => s.Skipped).ToList();
         var result = Evaluation.FromRecords(categories, records, calibration, skippedPerCategory, skipped, seconds);
         var run = (JsonObject)manifest["options"]!.DeepClone();
         run["checkpoint"] = manifest["checkpoint"]?.DeepClone();
         run["checkpoint_fingerprint"] = manifest["checkpoint_fingerprint"]?.DeepClone();
-        run["shards"] = $"{shards.Count} merged ({string.Join(", ", shards.Select(s => $"{s.Manifest["shard_index"]}: {s.Records.Count} images, {s.Manifest["wall_seconds"]?.GetValue<double>():F0} s"))})";
+        run["data"] = manifest["data"]?.DeepClone();
+        run["shards"] = $"{shards.Count} merged ({string.Join(", ", shards.Select(s => $"{s.Index}: {s.Records.Count} images, {s.WallSeconds:F0} s"))})";
         run["restoration_check"] = "not run in sharded evaluations";
-        ReportWriter.Write(output.Path, result, run);
+        output.Replace(dir => ReportWriter.Write(dir, result, run));
+        output.Complete();
         log.LogInformation("merged {Count} shards: {Images} images", shards.Count, result.Mean.Images);
         Console.WriteLine(ReportWriter.Table(result));
         Console.WriteLine($"report: {Path.Combine(o.Out, "report.md")}");
-        return 0;
+        if (skipped.Count == 0) return 0;
+        Console.Error.WriteLine($"anomalysd: the shards skipped {skipped.Count} image(s) (listed in results.json); the metrics cover the rest");
+        return 3;
     }
 }

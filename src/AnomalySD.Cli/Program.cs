@@ -5,12 +5,19 @@ using AnomalySD.Native;
 using CommandLine;
 using CommandLine.Text;
 
-// Entry point of `anomalysd`. Each verb is a flags class + a handler, one file per verb (FitCommand.cs, EvalCommand.cs, ...). A failure is reported as one line naming
-// the problem (no stack trace): exit 2 for engine, data and I/O errors; bad usage exits 1.
+// Entry point of `anomalysd`. Each verb is a flags class + a handler, one file per verb (FitCommand.cs, EvalCommand.cs, ...).
+// Exit codes, one rule for every verb (README, "Exit codes"):
+//   0  success (and --help, --version);
+//   1  the command line or its options file is wrong, found before any work: an unknown verb, flag or key, a value of the wrong
+//      type or out of range, flags that contradict each other. One line names the flag (and the file), or the usage text.
+//   2  the command is valid but failed while working: a file or folder missing, unreadable, corrupt or of the wrong kind, an
+//      output folder that holds something else or is in use, an engine error. One line names the file or the problem.
+//   3  the command finished, but some inputs were skipped (unreadable images, named on stderr and in the results): detect,
+//      eval and merge. A shard (eval --shard) records its skips for merge and exits 0, so a scheduler counts it complete.
 try
 {
     args = CliSupport.ExpandConfig(args);
-    var parser = new Parser(s => { s.HelpWriter = null; s.CaseInsensitiveEnumValues = true; });
+    var parser = new Parser(s => { s.HelpWriter = null; s.CaseInsensitiveEnumValues = true; s.EnableDashDash = true; });
     var parsed = parser.ParseArguments<InfoVerb, FitVerb, EvalVerb, DetectVerb, BenchVerb, DemoVerb, MergeVerb>(args);
     return parsed.MapResult(
         (InfoVerb o) => InfoCommand.Run(o, Console.Out),
@@ -19,30 +26,48 @@ try
         (DetectVerb o) => Run(o, () => DetectCommand.Run(o, Console.Out)),
         (BenchVerb o) => Run(o, () => BenchCommand.Run(o, Console.Out)),
         (DemoVerb o) => Run(o, () => DemoCommand.Run(o)),
-        (MergeVerb o) => MergeCommand.Run(o),
+        (MergeVerb o) => Validated(o.Validate, () => MergeCommand.Run(o)),
         errors => ReportParseErrors(parsed, errors.ToList()));
+}
+catch (UsageException e)
+{
+    Console.Error.WriteLine($"anomalysd: error: {OneLine(e.Message)}");
+    return 1;
 }
 catch (Exception e) when (e is AsdException or DllNotFoundException or IOException or InvalidDataException or ImageLoadException
                               or KeyNotFoundException or ArgumentException or UnauthorizedAccessException or FormatException)
 {
-    Console.Error.WriteLine($"anomalysd: error: {e.Message.Split('\n')[0].Trim()}");
+    Console.Error.WriteLine($"anomalysd: error: {OneLine(e.Message)}");
     return 2;
 }
 catch (Exception e)
 {
     // Anything else is a bug: one line for the user, the stack trace only with --verbose.
-    Console.Error.WriteLine($"anomalysd: internal error ({e.GetType().Name}): {e.Message}");
+    Console.Error.WriteLine($"anomalysd: internal error ({e.GetType().Name}): {OneLine(e.Message)}");
     if (args.Contains("--verbose")) Console.Error.WriteLine(e);
     return 2;
 }
 
-static int Run(EngineFlags o, Func<int> body)
+static int Run(EngineFlags o, Func<int> body) => Validated(o.Validate, () =>
 {
-    try { o.Validate(); } // every flag is checked before any model is built or data is read
-    catch (ArgumentException e) { throw new ArgumentException(CliSupport.WithConfigSource(e.Message), e); }
     if (o.Threads is int t) EngineInfo.SetNumThreads(t);
     EngineInfo.ManualSeed(o.Seed);
     return body();
+});
+
+// Every flag is checked before any model is built or data is read; a bad value is a usage error (exit 1).
+static int Validated(Action validate, Func<int> body)
+{
+    try { validate(); }
+    catch (ArgumentException e) { throw new UsageException(CliSupport.WithConfigSource(e.Message), e); }
+    return body();
+}
+
+// One line of at most 1,000 characters: an error never floods the terminal.
+static string OneLine(string message)
+{
+    string line = message.Split('\n')[0].Trim();
+    return line.Length <= 1000 ? line : line[..997] + "...";
 }
 
 // --help / --version: the text on stdout, exit 0. A malformed value or an unknown key that came from the --config

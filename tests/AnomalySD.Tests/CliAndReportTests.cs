@@ -19,7 +19,7 @@ public sealed class CliAndReportTests
             Assert.Equal(["eval", "--seed", "3", "--shots", "2", "--categories", "bottle,pcb", "--verbose"], args);
         }
         finally { File.Delete(path); }
-        Assert.Throws<FileNotFoundException>(() => CliSupport.ExpandConfig(["fit", "--config", "/nonexistent.json"]));
+        Assert.Contains("'/nonexistent.json' does not exist", Assert.Throws<UsageException>(() => CliSupport.ExpandConfig(["fit", "--config", "/nonexistent.json"])).Message);
     }
 
     [Fact]
@@ -51,7 +51,7 @@ public sealed class CliAndReportTests
             File.WriteAllText(path, """{"unet_steps": "many"}""");
             var (rc, stdout, stderr) = RunCli(["fit", "--config", path, "--out", Path.Combine(Path.GetTempPath(), "never-written")]);
             Assert.Equal(1, rc);
-            Assert.Contains($"anomalysd: error: {path}: the value of \"unet_steps\" is not valid for --unet-steps", stderr);
+            Assert.Contains($"anomalysd: error: {path}: the value of \"unet_steps\" must be a number, got the string \"many\"", stderr);
             Assert.DoesNotContain("ERROR(S)", stderr); // no usage dump for a value that came from the file
             File.WriteAllText(path, """{"bogus_key": 1}""");
             (rc, _, stderr) = RunCli(["fit", "--config", path, "--out", "x"]);
@@ -65,24 +65,7 @@ public sealed class CliAndReportTests
         finally { File.Delete(path); }
     }
 
-    /// <summary>Runs the CLI's entry point in-process with captured console streams.</summary>
-    private static (int Rc, string Stdout, string Stderr) RunCli(string[] args)
-    {
-        var (oldOut, oldErr) = (Console.Out, Console.Error);
-        var (stdout, stderr) = (new StringWriter(), new StringWriter());
-        Console.SetOut(stdout);
-        Console.SetError(stderr);
-        try
-        {
-            object? rc = typeof(BenchVerb).Assembly.EntryPoint!.Invoke(null, [args]);
-            return ((int)rc!, stdout.ToString(), stderr.ToString());
-        }
-        finally
-        {
-            Console.SetOut(oldOut);
-            Console.SetError(oldErr);
-        }
-    }
+    private static (int Rc, string Stdout, string Stderr) RunCli(string[] args) => InProcessCli.Run(args);
 
     [Fact]
     public void FlagsAreValidatedBeforeAnyWork()
@@ -94,15 +77,15 @@ public sealed class CliAndReportTests
         Assert.Contains("--images must be >= 1", Assert.Throws<ArgumentException>(() => new BenchVerb { Images = 0 }.Validate()).Message);
         Assert.Contains("--dtype F16 is not supported on the CPU", Assert.Throws<ArgumentException>(() => new BenchVerb { Dtype = "F16" }.Validate()).Message);
         Assert.Contains("--shots must be >= 0", Assert.Throws<ArgumentException>(() => new FitVerb { Shots = -1 }.Validate()).Message);
-        Assert.Contains("--image-size must be a positive multiple of 32", Assert.Throws<ArgumentException>(() => new FitVerb { ImageSize = 50 }.Validate()).Message);
+        Assert.Contains("--image-size must be a multiple of 32 from 32 to 2048, got 50 (or 0 for the model's default)", Assert.Throws<ArgumentException>(() => new FitVerb { ImageSize = 50 }.Validate()).Message);
         Assert.Contains("--lr must be > 0", Assert.Throws<ArgumentException>(() => new FitVerb { LearningRate = -1 }.Validate()).Message);
         Assert.Contains("--noise-strength must be in [0, 1]", Assert.Throws<ArgumentException>(() => new EvalVerb { NoiseStrength = 2 }.Validate()).Message);
-        new EvalVerb().Validate(); // the defaults are valid
+        new EvalVerb { Data = "d", Out = "o" }.Validate(); // the defaults are valid
         new BenchVerb().Validate();
         // New flags: resolutions, windows, calibration, shards, devices; a fit refuses scoring flags; zero denoising steps.
         Assert.Contains("--analysis-size must be a multiple of 32", Assert.Throws<ArgumentException>(() => new EvalVerb { AnalysisSize = 100 }.Validate()).Message);
         Assert.Contains("must be 'full' or a number >= 0", Assert.Throws<ArgumentException>(() => new EvalVerb { WindowContext = "wide" }.Validate()).Message);
-        Assert.Contains("--eval-size must be >= 0", Assert.Throws<ArgumentException>(() => new EvalVerb { EvalSize = -1 }.Validate()).Message);
+        Assert.Contains("--eval-size must be from 0 (original size) to 8192, got -1", Assert.Throws<ArgumentException>(() => new EvalVerb { EvalSize = -1 }.Validate()).Message);
         Assert.Contains("--feature-aggregation must be odd", Assert.Throws<ArgumentException>(() => new FitVerb { FeatureAggregation = 2 }.Validate()).Message);
         Assert.Contains("--calibrate must be on or off", Assert.Throws<ArgumentException>(() => new EvalVerb { Calibrate = "maybe" }.Validate()).Message);
         Assert.Contains("--calibration-size", Assert.Throws<ArgumentException>(() => new FitVerb { CalibrationSize = "3" }.Validate()).Message);
@@ -112,8 +95,9 @@ public sealed class CliAndReportTests
         Assert.Contains("fit runs one engine", Assert.Throws<ArgumentException>(() => new FitVerb { Device = "cpu,cpu" }.Validate()).Message);
         Assert.Contains("several engines need a checkpoint", Assert.Throws<ArgumentException>(() => new EvalVerb { Device = "cpu,cpu" }.Validate()).Message);
         Assert.Contains("'gpu0' must be cpu, cuda, cuda:N or cuda:all", Assert.Throws<ArgumentException>(() => new EvalVerb { Device = "gpu0" }.Validate()).Message);
-        Assert.Contains("leaves 0 denoising steps: use --noise-strength >= 0.06667", Assert.Throws<ArgumentException>(() => new EvalVerb { NumInferenceSteps = 15, NoiseStrength = 0.05 }.Validate()).Message);
-        new EvalVerb { Device = "cpu,cpu", Checkpoint = "c", WindowContext = "full", AnalysisSize = 64, EvalSize = 0, Calibrate = "off" }.Validate();
+        Assert.Contains("--noise-strength 0.05 of 15 inference steps leaves 0 denoising steps; use a noise strength >= 0.06667 or more steps", Assert.Throws<ArgumentException>(() => new EvalVerb { NumInferenceSteps = 15, NoiseStrength = 0.05 }.Validate()).Message);
+        new EvalVerb { Device = "cpu,cpu", Checkpoint = "c", WindowContext = "full", AnalysisSize = 64, EvalSize = 0, Calibrate = "off", Data = "d", Out = "o" }.Validate();
+        Assert.Contains("--data is required", Assert.Throws<ArgumentException>(() => new EvalVerb { Out = "o" }.Validate()).Message);
     }
 
     [Fact]

@@ -113,7 +113,7 @@ public sealed class DataTests : IDisposable
         Assert.Equal(a, ShotSelection.Select(train, 3, seed: 7).Select(s => s.ImagePath));
         Assert.Equal(a.OrderBy(x => x, StringComparer.Ordinal), a);
         Assert.Empty(ShotSelection.Select(train, 0));
-        Assert.Contains("11 shots requested but only 10", Assert.Throws<ArgumentException>(() => ShotSelection.Select(train, 11)).Message);
+        Assert.Contains("11 shots requested but only 10", Assert.Throws<InvalidDataException>(() => ShotSelection.Select(train, 11)).Message);
     }
 
     [Fact]

@@ -36,8 +36,13 @@ public sealed class EndToEndTests(ITestOutputHelper output) : IDisposable
             AnalysisSize = 128, CalibrationSize = "1,1", CalibrationLambdas = "0.4", // a small calibration (full default scoring: 86 masks, 50 steps)
         };
         Assert.Equal(0, FitCommand.Run(fit));
-        Assert.True(File.Exists(Path.Combine(ckpt, "anomalysd.json")));
-        Assert.True(File.Exists(Path.Combine(ckpt, "prototype_banks.safetensors")));
+        using (var lease = CheckpointStore.OpenForRead(ckpt))
+        {
+            // The versioned layout: CURRENT names the version folder that holds the checkpoint's files.
+            Assert.Equal(Path.Combine(ckpt, File.ReadAllText(Path.Combine(ckpt, CheckpointStore.PointerFile)).Trim()), lease.Folder);
+            Assert.True(File.Exists(Path.Combine(lease.Folder, "anomalysd.json")));
+            Assert.True(File.Exists(Path.Combine(lease.Folder, "prototype_banks.safetensors")));
+        }
 
         string report = Path.Combine(_dir, "report");
         var eval = TinyEval(report);

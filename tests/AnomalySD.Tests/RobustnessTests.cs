@@ -136,17 +136,18 @@ public sealed class RobustnessTests : IDisposable
     public void OutputFoldersAreCheckedFirstAndLocked()
     {
         string outDir = Path.Combine(_dir, "out");
-        using (var first = OutputFolder.Open(outDir))
+        using (var first = OutputFolder.Open(outDir, OutputKind.Report))
         {
             // A second writer (another process, or another command in this one) is refused while the first holds it.
-            var e = Assert.Throws<IOException>(() => OutputFolder.Open(outDir));
+            var e = Assert.Throws<IOException>(() => OutputFolder.Open(outDir, OutputKind.Report));
             Assert.Contains("in use by another anomalysd process", e.Message);
             // The refused writer must not remove the holder's lock file on its way out: a third is refused too.
             Assert.True(File.Exists(Path.Combine(outDir, OutputFolder.LockFileName)));
-            Assert.Contains("in use by another anomalysd process", Assert.Throws<IOException>(() => OutputFolder.Open(outDir)).Message);
+            Assert.Contains("in use by another anomalysd process", Assert.Throws<IOException>(() => OutputFolder.Open(outDir, OutputKind.Report)).Message);
             AtomicFile.WriteText(first.File("a/b.txt"), "complete");
+            first.Complete();
         }
-        using (OutputFolder.Open(outDir)) { } // released with the first
+        using (OutputFolder.Open(outDir, OutputKind.Report)) { } // released with the first
         Assert.Equal("complete", File.ReadAllText(Path.Combine(outDir, "a", "b.txt")));
         Assert.False(File.Exists(Path.Combine(outDir, OutputFolder.LockFileName)));
         // A failing write leaves the previous content and no temporary file.
@@ -154,9 +155,10 @@ public sealed class RobustnessTests : IDisposable
         File.WriteAllText(target, "previous");
         Assert.Throws<InvalidOperationException>(() => AtomicFile.Write(target, s => { s.WriteByte(1); throw new InvalidOperationException("disk full"); }));
         Assert.Equal("previous", File.ReadAllText(target));
-        Assert.Single(Directory.GetFiles(outDir));
+        Assert.Equal(["a", "r.txt"], OutputFolder.VisibleEntries(outDir));
+        Assert.Equal([OutputFolder.MarkerFileName, "r.txt"], Directory.GetFiles(outDir).Select(Path.GetFileName).Order(StringComparer.Ordinal));
         // A path under a file cannot be an output folder: refused before any work.
-        Assert.Throws<IOException>(() => OutputFolder.Open(Path.Combine(target, "sub")));
+        Assert.Throws<IOException>(() => OutputFolder.Open(Path.Combine(target, "sub"), OutputKind.Report));
     }
 
     [Fact]

@@ -51,14 +51,14 @@ public sealed class ShardingTests : IDisposable
         string other = Path.Combine(_dir, "report");
         Directory.CreateDirectory(other);
         File.WriteAllText(Path.Combine(other, "results.json"), "{}");
-        Assert.Contains("not a shard folder", Assert.Throws<IOException>(() => new ShardWriter(other)).Message);
+        Assert.Contains("is not empty and is not an evaluation shard", Assert.Throws<IOException>(() => new ShardWriter(other)).Message);
         Assert.Equal(["results.json"], Directory.GetFiles(other).Select(Path.GetFileName));
         Assert.Empty(Directory.GetDirectories(_dir, ".report.staging-*"));
         // A previous shard is replaced as a whole.
         string shard = Path.Combine(_dir, "shard");
-        using (var w = new ShardWriter(shard)) w.Commit(new JsonObject { ["shard_index"] = 0 });
+        using (var w = new ShardWriter(shard)) w.Commit(new JsonObject { ["shard_index"] = 0, ["shard_count"] = 2, ["categories"] = new JsonArray() });
         File.WriteAllText(Path.Combine(shard, "stale.txt"), "x");
-        using (var w = new ShardWriter(shard)) w.Commit(new JsonObject { ["shard_index"] = 1 });
+        using (var w = new ShardWriter(shard)) w.Commit(new JsonObject { ["shard_index"] = 1, ["shard_count"] = 2, ["categories"] = new JsonArray() });
         Assert.False(File.Exists(Path.Combine(shard, "stale.txt")));
         Assert.Equal(1, JsonNode.Parse(File.ReadAllText(Path.Combine(shard, "manifest.json")))!["shard_index"]!.GetValue<int>());
         Assert.Equal(["report", "shard"], Directory.GetDirectories(_dir).Select(Path.GetFileName).Order());  // no staging left
@@ -131,13 +131,13 @@ public sealed class ShardingTests : IDisposable
         string other = Path.Combine(_dir, "other-steps");
         Assert.Equal(0, EvalCommand.Run(TinyEval(ckpt, other, "2/3", steps: 8)));
         e = Assert.Throws<InvalidDataException>(() => MergeCommand.Run(new MergeVerb { Shards = [shards[0], shards[1], other], Out = Path.Combine(_dir, "m4") }));
-        Assert.Contains("its options differs", e.Message);
+        Assert.Contains("options.num_inference_steps is 8 there and 10 here", e.Message);
         string ckpt2 = Path.Combine(_dir, "ckpt2");
         Assert.Equal(0, FitCommand.Run(TinyFit(ckpt2, seed: 6)));
         string otherCkpt = Path.Combine(_dir, "other-ckpt");
         Assert.Equal(0, EvalCommand.Run(TinyEval(ckpt2, otherCkpt, "2/3")));
         e = Assert.Throws<InvalidDataException>(() => MergeCommand.Run(new MergeVerb { Shards = [shards[0], shards[1], otherCkpt], Out = Path.Combine(_dir, "m5") }));
-        Assert.Contains("its checkpoint_fingerprint differs", e.Message);
+        Assert.Contains("checkpoint_fingerprint is", e.Message);
         // A shard must not fit.
         Assert.Contains("a shard never fits", Assert.Throws<ArgumentException>(() => new EvalVerb { Data = "x", Out = "y", Shard = "0/2" }.Validate()).Message);
     }

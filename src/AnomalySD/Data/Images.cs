@@ -60,9 +60,15 @@ public static class ImageIO
     /// <summary>Loads <paramref name="path"/> as RGB resized to <paramref name="size"/> x <paramref name="size"/>
     /// (bicubic; <paramref name="size"/> &lt;= 0 keeps the original size).</summary>
     /// <exception cref="ImageLoadException">missing, unreadable or undecodable file.</exception>
-    public static RgbImage LoadRgb(string path, int size)
+    public static RgbImage LoadRgb(string path, int size) => LoadRgb(path, ReadFile(path), size);
+
+    /// <summary>Decodes an image file's bytes (<paramref name="name"/> names it in errors) as RGB resized to <paramref name="size"/> x
+    /// <paramref name="size"/> (bicubic; &lt;= 0 keeps the original size), with the same checks and limits as a file.</summary>
+    /// <exception cref="ImageLoadException">undecodable, truncated or beyond the limits.</exception>
+    public static RgbImage LoadRgb(string name, byte[] file, int size)
     {
-        using var image = Decode<Rgb24>(path);
+        string path = name;
+        using var image = Decode<Rgb24>(name, file);
         if (size > 0 && (image.Width != size || image.Height != size))
             Guard(path, () => image.Mutate(x => x.Resize(new ResizeOptions { Size = new Size(size, size), Mode = ResizeMode.Stretch, Sampler = KnownResamplers.Bicubic })));
         int w = image.Width, h = image.Height, plane = w * h;
@@ -89,7 +95,7 @@ public static class ImageIO
     /// <exception cref="ImageLoadException">unreadable file, or a size different from the image's.</exception>
     public static BinaryMask LoadMask(string path, int size, int? expectedWidth = null, int? expectedHeight = null)
     {
-        using var image = Decode<L8>(path);
+        using var image = Decode<L8>(path, ReadFile(path));
         if (expectedWidth is int ew && expectedHeight is int eh && (image.Width != ew || image.Height != eh))
             throw new ImageLoadException(path, $"mask is {image.Width}x{image.Height} but its image is {ew}x{eh} (as displayed, after EXIF orientation)");
         if (size > 0 && (image.Width != size || image.Height != size))
@@ -141,6 +147,15 @@ public static class ImageIO
         try
         {
             using var stream = File.OpenRead(path);
+            return Identify(path, stream);
+        }
+        catch (Exception e) when (e is not ImageLoadException) { throw Wrap(path, e); }
+    }
+
+    private static (int Width, int Height) Identify(string path, Stream stream)
+    {
+        try
+        {
             var info = Image.Identify(Limited, stream) ?? throw new ImageLoadException(path, "not a recognised image format");
             CheckLimits(path, info.Width, info.Height);
             ushort orientation = info.Metadata.ExifProfile?.GetValue(SixLabors.ImageSharp.Metadata.Profiles.Exif.ExifTag.Orientation)?.Value ?? 1;
@@ -149,18 +164,28 @@ public static class ImageIO
         catch (Exception e) when (e is not ImageLoadException) { throw Wrap(path, e); }
     }
 
+    private static byte[] ReadFile(string path)
+    {
+        try { return File.ReadAllBytes(path); }
+        catch (Exception e) { throw Wrap(path, e); }
+    }
+
     private static void CheckLimits(string path, int width, int height)
     {
         if (width > MaxSide || height > MaxSide || (long)width * height > MaxPixels)
             throw new ImageLoadException(path, $"the header announces {width}x{height} pixels, beyond the limits ({MaxSide} a side, {MaxPixels / 1_000_000} megapixels)");
     }
 
-    private static Image<T> Decode<T>(string path) where T : unmanaged, IPixel<T>
+    /// <summary>Decodes a whole image file's bytes: the header's size is checked against the limits and the container against
+    /// truncation (<see cref="ImageIntegrity"/>) before any pixel is decoded; the EXIF orientation is applied.</summary>
+    private static Image<T> Decode<T>(string path, byte[] data) where T : unmanaged, IPixel<T>
     {
-        Identify(path); // the header's size is checked before any pixel is decoded
+        var format = Image.DetectFormat(Limited, data) ?? throw new ImageLoadException(path, "not a recognised image format");
+        if (ImageIntegrity.Problem(format.Name, data) is string problem) throw new ImageLoadException(path, problem);
+        using (var header = new MemoryStream(data, writable: false)) Identify(path, header);
         try
         {
-            var image = Image.Load<T>(Limited, path);
+            var image = Image.Load<T>(Limited, data);
             image.Mutate(x => x.AutoOrient());
             return image;
         }

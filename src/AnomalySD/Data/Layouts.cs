@@ -3,21 +3,25 @@ namespace AnomalySD.Data;
 /// <summary>
 /// MVTec AD layout: <c>category/train/good</c>, <c>category/test/{good,&lt;defect&gt;}</c>,
 /// <c>category/ground_truth/&lt;defect&gt;/&lt;stem&gt;_mask.png</c>. Masks pair with images by stem, never by position.
-/// A category is any sub-folder holding <c>train/good</c>.
+/// A category is any sub-folder holding <c>train/good</c> or <c>test/</c> (a category with a test split only can be evaluated
+/// with a checkpoint, not fitted); other sub-folders are listed in <see cref="IgnoredFolders"/>.
 /// </summary>
 public sealed class MVTecDataset : IDataset
 {
     public string Root { get; }
     public IReadOnlyList<string> Categories { get; }
+    public IReadOnlyList<string> IgnoredFolders { get; }
 
     public MVTecDataset(string root)
     {
         Root = Path.GetFullPath(root);
         if (!Directory.Exists(Root)) throw new DirectoryNotFoundException($"dataset folder '{Root}' does not exist");
-        Categories = Directory.EnumerateDirectories(Root)
-            .Where(d => Directory.Exists(Path.Combine(d, "train", "good")))
-            .Select(Path.GetFileName).OfType<string>().OrderBy(c => c, StringComparer.Ordinal).ToList();
+        var folders = Directory.EnumerateDirectories(Root).Where(d => !Path.GetFileName(d).StartsWith('.')).OrderBy(d => d, StringComparer.Ordinal).ToList();
+        Categories = folders.Where(IsCategory).Select(Path.GetFileName).OfType<string>().ToList();
+        IgnoredFolders = folders.Where(d => !IsCategory(d)).Select(Path.GetFileName).OfType<string>().ToList();
     }
+
+    private static bool IsCategory(string dir) => Directory.Exists(Path.Combine(dir, "train", "good")) || Directory.Exists(Path.Combine(dir, "test"));
 
     public static bool Matches(string root) =>
         Directory.Exists(root) && Directory.EnumerateDirectories(root).Any(d => Directory.Exists(Path.Combine(d, "train", "good")));
@@ -25,9 +29,15 @@ public sealed class MVTecDataset : IDataset
     private string CategoryDir(string category) =>
         Categories.Contains(category) ? Path.Combine(Root, category) : throw DatasetFiles.UnknownCategory(category, Categories, Root);
 
-    public IReadOnlyList<Sample> Train(string category) =>
-        DatasetFiles.ImagesIn(Path.Combine(CategoryDir(category), "train", "good"))
-            .Select(p => new Sample(category, p, false, "good", null)).ToList();
+    public bool HasTrainSplit(string category) => Directory.Exists(Path.Combine(CategoryDir(category), "train", "good"));
+
+    /// <exception cref="InvalidDataException">the category has no train/good folder.</exception>
+    public IReadOnlyList<Sample> Train(string category)
+    {
+        string dir = Path.Combine(CategoryDir(category), "train", "good");
+        if (!Directory.Exists(dir)) throw new InvalidDataException($"category '{category}' has no train/good folder ('{dir}'): it can be evaluated with a checkpoint but not fitted");
+        return DatasetFiles.ImagesIn(dir).Select(p => new Sample(category, p, false, "good", null)).ToList();
+    }
 
     public IReadOnlyList<Sample> Test(string category)
     {

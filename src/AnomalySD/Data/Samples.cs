@@ -26,6 +26,12 @@ public interface IDataset
 
     /// <summary>Test images (normal and anomalous), sorted by defect type then path.</summary>
     IReadOnlyList<Sample> Test(string category);
+
+    /// <summary>Whether <paramref name="category"/> has a training split to take shots from.</summary>
+    bool HasTrainSplit(string category) => true;
+
+    /// <summary>Sub-folders of the root that the layout does not read (neither a category nor its metadata), to be named in the log.</summary>
+    IReadOnlyList<string> IgnoredFolders => [];
 }
 
 /// <summary>Choice of the K normal shots per category.</summary>
@@ -37,8 +43,8 @@ public static class ShotSelection
     {
         ArgumentOutOfRangeException.ThrowIfNegative(shots);
         if (shots > train.Count)
-            throw new ArgumentException($"{shots} shots requested but only {train.Count} normal training images exist" +
-                                        (train.Count > 0 ? $" for '{train[0].Category}'" : ""));
+            throw new InvalidDataException($"{shots} shots requested but only {train.Count} normal training images exist" +
+                                           (train.Count > 0 ? $" for '{train[0].Category}'" : ""));
         var sorted = train.OrderBy(s => s.ImagePath, StringComparer.Ordinal).ToList();
         if (seed is null) return sorted.Take(shots).ToList();
         var rng = new Random(seed.Value);

@@ -68,10 +68,15 @@ public sealed record CategoryCalibration(double NoiseStrength, FusionWeights Wei
         ["pixel_threshold"] = PixelThreshold, ["image_auroc"] = ImageAuroc, ["pixel_auroc"] = PixelAuroc, ["normals"] = Normals, ["defectives"] = Defectives,
     };
 
-    public static CategoryCalibration FromJson(JsonNode j) => new(
-        j["noise_strength"]!.GetValue<double>(), FusionWeights.FromJson(j["weights"]!), MapScales.FromJson(j["scales"]!),
-        ScoreNormalization.FromJson(j["normalization"]!), j["pixel_threshold"]!.GetValue<double>(), j["image_auroc"]!.GetValue<double>(),
-        j["pixel_auroc"]!.GetValue<double>(), j["normals"]!.GetValue<int>(), j["defectives"]!.GetValue<int>());
+    /// <exception cref="InvalidDataException">a value missing, of the wrong type or out of range (naming the file and key).</exception>
+    public static CategoryCalibration FromJson(JsonInput j)
+    {
+        double lambda = j["noise_strength"].Double();
+        j["noise_strength"].Checked(lambda, OptionRules.NoiseStrength(lambda));
+        return new CategoryCalibration(lambda, FusionWeights.FromJson(j["weights"]), MapScales.FromJson(j["scales"]),
+            ScoreNormalization.FromJson(j["normalization"]), j["pixel_threshold"].Double(), j["image_auroc"].Double(0, 1),
+            j["pixel_auroc"].Double(0, 1), j["normals"].Int(0), j["defectives"].Int(0));
+    }
 
     public override string ToString() => string.Create(CultureInfo.InvariantCulture,
         $"λ {NoiseStrength:0.##}, {Weights}; calibration image AUROC {ImageAuroc:F3}, pixel AUROC {PixelAuroc:F3}; threshold {Normalization.Threshold:G4}");

@@ -29,24 +29,26 @@ public sealed record ScoringSetup(CheckpointMetadata Metadata, DetectorOptions D
 /// <summary>Loading checkpoints for scoring, and the rules that turn a request into scoring options.</summary>
 public static class Checkpoints
 {
-    /// <summary>Loads a checkpoint written by <c>fit</c>: the model, every category's condition and the scoring backbones.</summary>
-    /// <exception cref="InvalidDataException">not a fitted AnomalySD checkpoint.</exception>
+    /// <summary>Loads a checkpoint written by <c>fit</c> for one device: the model, every category's condition and the scoring
+    /// backbones, all from the version <paramref name="lease"/> holds (<see cref="CheckpointStore"/>).</summary>
+    /// <exception cref="InvalidDataException">not a fitted AnomalySD checkpoint, or a metadata value missing, mistyped or out of range (naming the file and key).</exception>
     /// <exception cref="FileNotFoundException">the prototype banks of a fitted checkpoint, or the ResNet18 weights, are missing.</exception>
-    public static (InpaintingModel Model, CheckpointMetadata Metadata) Load(string path, string device, ScoringBackbones backbones, ILogger log)
+    public static (InpaintingModel Model, CheckpointMetadata Metadata) Load(CheckpointLease lease, string device, ScoringBackbones backbones, ILogger log)
     {
+        string path = lease.Folder;
         var model = InpaintingModel.Load(path, device);
         try
         {
-            var meta = CheckpointMetadata.FromJson(model.Info()["metadata"] as JsonObject, path);
+            var meta = CheckpointMetadata.FromJson(new JsonInput(Path.Combine(path, CheckpointStore.ManifestFile), "metadata", model.Info()["metadata"]));
             string banks = Path.Combine(path, "prototype_banks.safetensors");
             if (meta.Shots > 0 && !File.Exists(banks))
-                throw new FileNotFoundException($"checkpoint '{path}' was fitted with {meta.Shots} shot(s) but its prototype banks file '{banks}' is missing", banks);
+                throw new FileNotFoundException($"checkpoint '{lease.Root}' was fitted with {meta.Shots} shot(s) but its prototype banks file '{banks}' is missing", banks);
             var tokenizer = Fitting.TokenizerFor(Directory.Exists(Path.Combine(path, "tokenizer")) ? path : meta.ModelSource, meta.Tokenizer);
             foreach (var c in meta.Categories) model.SetCategory(c.Category, tokenizer.EncodePadded(c.All), tokenizer.MaxLength);
             var distance = meta.Distance == "lpips_alex" ? DistanceKind.LpipsAlex : DistanceKind.Resnet18Uniform;
             Fitting.ConfigureScoring(model, backbones with { Distance = distance }, meta.FeatureAggregation);
-            log.LogInformation("loaded {Path}: {Count} categories, inpainting {Size} px, analysis {Analysis} px, window context {Window}", path,
-                               meta.Categories.Count, meta.ImageSize, meta.AnalysisSize, meta.WindowContext);
+            log.LogInformation("loaded {Path}{Version}: {Count} categories, inpainting {Size} px, analysis {Analysis} px, window context {Window}", lease.Root,
+                               lease.Version is null ? "" : $" (version {lease.Version})", meta.Categories.Count, meta.ImageSize, meta.AnalysisSize, meta.WindowContext);
             return (model, meta);
         }
         catch
@@ -54,6 +56,13 @@ public static class Checkpoints
             model.Dispose();
             throw;
         }
+    }
+
+    /// <summary>Loads the current version of the checkpoint <paramref name="path"/> for one device (<see cref="Load(CheckpointLease, string, ScoringBackbones, ILogger)"/>).</summary>
+    public static (InpaintingModel Model, CheckpointMetadata Metadata) Load(string path, string device, ScoringBackbones backbones, ILogger log)
+    {
+        using var lease = CheckpointStore.OpenForRead(path);
+        return Load(lease, device, backbones, log);
     }
 
     /// <summary>The mask strategy a checkpoint can run: without shots there is no prototype bank, so the full method falls
@@ -105,10 +114,9 @@ public static class Checkpoints
         if (masks != MaskStrategy.Prototype)
         {
             // Refused before any work, as the engine would refuse it at the first image (diffusers does too).
-            foreach (var c in meta.Categories.Where(c => (int)(request.NumInferenceSteps * c.NoiseStrength) < 1 &&
-                                                         (!calibration.TryGetValue(c.Category, out var k) || k.Weights.UsesInpainting)))
-                throw new ArgumentException($"category '{c.Category}': noise strength {c.NoiseStrength} of {request.NumInferenceSteps} inference steps leaves 0 denoising steps; " +
-                                            $"use a noise strength >= {1.0 / request.NumInferenceSteps:G4} or more steps");
+            foreach (var c in meta.Categories.Where(c => !calibration.TryGetValue(c.Category, out var k) || k.Weights.UsesInpainting))
+                if (OptionRules.DenoisingSteps(c.NoiseStrength, request.NumInferenceSteps) is string problem)
+                    throw new ArgumentException($"category '{c.Category}': noise strength {c.NoiseStrength.ToString(System.Globalization.CultureInfo.InvariantCulture)} {problem}");
         }
         var inpaint = new InpaintOptions(request.NumInferenceSteps, 0.4, request.InpaintBatch, request.Seed, WindowContext: meta.WindowContext.ForEngine,
                                          InpaintSize: meta.ImageSize, DistanceAtInpaintSize: meta.DistanceResolution == DistanceResolution.Inpainting);

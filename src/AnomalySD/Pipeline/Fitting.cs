@@ -116,35 +116,94 @@ public sealed record CheckpointMetadata(int ImageSize, string ModelSource, int S
         }).ToArray()),
     };
 
-    /// <exception cref="InvalidDataException">the checkpoint's metadata is missing or malformed.</exception>
-    public static CheckpointMetadata FromJson(JsonObject? j, string source)
+    /// <summary>Reads checkpoint metadata from JSON that came from <paramref name="source"/> (<see cref="FromJson(JsonInput)"/>).</summary>
+    public static CheckpointMetadata FromJson(JsonObject? j, string source) => FromJson(new JsonInput(source, "metadata", j));
+
+    /// <summary>Reads the metadata of a checkpoint, validating every value with the rules of its flag (<see cref="OptionRules"/>).</summary>
+    /// <param name="j">The "metadata" object of the checkpoint's anomalysd.json, with its location (file and key) for errors.</param>
+    /// <exception cref="InvalidDataException">a value is missing, of the wrong type or out of range (the message names the file and the key).</exception>
+    public static CheckpointMetadata FromJson(JsonInput j)
     {
-        if (j is null || j["categories"] is not JsonArray cats || j["image_size"] is null)
-            throw new InvalidDataException($"{source}: not a fitted AnomalySD checkpoint (no categories in anomalysd.json metadata)");
-        var categories = new List<CategoryPrompts>();
-        var shots = new Dictionary<string, IReadOnlyList<string>>();
-        foreach (var c in cats.OfType<JsonObject>())
+        j.Object();
+        var fit = j["fit_options"];
+        if (fit.Exists) fit.Object();
+        string modelSource = j["model_source"].OptionalString() ?? "";
+        int imageSize = j["image_size"].Int();
+        j["image_size"].Checked(imageSize, OptionRules.InpaintSize(imageSize));
+        // The weights run only at the resolution they were trained at: an edited image_size is refused, not run silently.
+        if (fit["image_size"].Exists && fit["model"].OptionalString() is string fitModel)
         {
-            string name = c["name"]!.GetValue<string>();
-            categories.Add(new CategoryPrompts(name, c["display_name"]?.GetValue<string>() ?? name,
-                c["coarse"]!.AsArray().Select(p => p!.GetValue<string>()).ToList(), c["fine"]!.AsArray().Select(p => p!.GetValue<string>()).ToList(),
-                c["noise_strength"]!.GetValue<double>(), c["object_type"]?.GetValue<string>() == "texture" ? ObjectType.Texture : ObjectType.Object, false));
-            shots[name] = c["shot_paths"]?.AsArray().Select(p => p!.GetValue<string>()).ToList() ?? [];
+            int trained = fit["image_size"].Int(0);
+            if (trained == 0) trained = Resolutions.DefaultInpaintSize(string.Equals(fitModel, "compact", StringComparison.OrdinalIgnoreCase));
+            if (trained != imageSize)
+                throw j["image_size"].Error($"is {imageSize}, but the weights were trained at {trained} px (\"{fit.Path}.image_size\"); the model runs only at its training resolution");
         }
-        var meta = new CheckpointMetadata(j["image_size"]!.GetValue<int>(), j["model_source"]?.GetValue<string>() ?? "", j["shots"]?.GetValue<int>() ?? 0,
-            j["distance"]?.GetValue<string>() ?? "resnet18_uniform", categories, shots, j["tokenizer"]?.GetValue<string>() ?? "hash")
+        // Checkpoints written since the analysis and evaluation resolutions exist record both (their fit options carry the
+        // keys); only older ones fall back to the inpainting resolution.
+        int? analysis = Resolved(j["analysis_size"], fit["analysis_size"].Exists, OptionRules.AnalysisSize);
+        int? evalSize = Resolved(j["eval_size"], fit["eval_size"].Exists, OptionRules.EvalSize);
+        string distance = OneOf(j["distance"], "resnet18_uniform", "resnet18_uniform", "lpips_alex");
+        string tokenizer = OneOf(j["tokenizer"], "hash", "hash", "clip");
+        int shots = j["shots"].Exists ? j["shots"].Int(0) : 0;
+        var categories = new List<CategoryPrompts>();
+        var shotPaths = new Dictionary<string, IReadOnlyList<string>>();
+        var items = j["categories"].Items();
+        if (items.Count == 0) throw j["categories"].Error("is empty: a fitted checkpoint has at least one category");
+        foreach (var c in items)
         {
-            FitOptions = j["fit_options"]?.DeepClone() as JsonObject,
-            AnalysisSize = j["analysis_size"]?.GetValue<int>() ?? 0,
-            WindowContext = j["window_context"] is JsonNode w ? Pipeline.WindowContext.Parse(w.GetValue<string>()) : Pipeline.WindowContext.Full,
-            FeatureAggregation = j["feature_aggregation"]?.GetValue<int>() ?? 1,
-            DistanceResolution = j["distance_resolution"]?.GetValue<string>() == "inpainting" ? Pipeline.DistanceResolution.Inpainting : Pipeline.DistanceResolution.Analysis,
-            Calibration = j["calibration"] is JsonObject cal
-                ? cal.ToDictionary(kv => kv.Key, kv => CategoryCalibration.FromJson(kv.Value!))
-                : new Dictionary<string, CategoryCalibration>(),
+            string name = c["name"].String();
+            if (name.Length == 0) throw c["name"].Error("is empty");
+            if (shotPaths.ContainsKey(name)) throw c["name"].Error($"repeats category '{name}'");
+            double lambda = c["noise_strength"].Double();
+            c["noise_strength"].Checked(lambda, OptionRules.NoiseStrength(lambda));
+            categories.Add(new CategoryPrompts(name, c["display_name"].OptionalString() ?? name, Strings(c["coarse"]), Strings(c["fine"]), lambda,
+                OneOf(c["object_type"], "object", "object", "texture") == "texture" ? ObjectType.Texture : ObjectType.Object, false));
+            shotPaths[name] = c["shot_paths"].Exists ? Strings(c["shot_paths"]) : [];
+        }
+        var windowNode = j["window_context"];
+        WindowContext window = Pipeline.WindowContext.Full;
+        if (windowNode.Exists)
+        {
+            try { window = Pipeline.WindowContext.Parse(windowNode.String()); }
+            catch (ArgumentException) { throw windowNode.Error($"must be 'full' or a number >= 0, got {windowNode.Describe()}"); }
+        }
+        int aggregation = j["feature_aggregation"].OptionalInt() ?? 1;
+        j["feature_aggregation"].Checked(aggregation, OptionRules.FeatureAggregation(aggregation));
+        var calibration = new Dictionary<string, CategoryCalibration>();
+        if (j["calibration"].Exists)
+            foreach (var (category, value) in j["calibration"].Members())
+            {
+                if (!shotPaths.ContainsKey(category)) throw value.Error($"calibrates category '{category}', which the checkpoint does not have");
+                calibration[category] = CategoryCalibration.FromJson(value);
+            }
+        var meta = new CheckpointMetadata(imageSize, modelSource, shots, distance, categories, shotPaths, tokenizer)
+        {
+            FitOptions = fit.Exists ? (JsonObject)fit.Object().DeepClone() : null,
+            AnalysisSize = analysis ?? 0,
+            WindowContext = window,
+            FeatureAggregation = aggregation,
+            DistanceResolution = OneOf(j["distance_resolution"], "analysis", "analysis", "inpainting") == "inpainting"
+                ? Pipeline.DistanceResolution.Inpainting : Pipeline.DistanceResolution.Analysis,
+            Calibration = calibration,
         };
-        return j["eval_size"] is JsonNode e ? meta with { EvalSize = e.GetValue<int>() } : meta;
+        return evalSize is int e ? meta with { EvalSize = e } : meta;
     }
+
+    /// <summary>An optional resolution: required when <paramref name="required"/>, checked by <paramref name="rule"/>.</summary>
+    private static int? Resolved(JsonInput value, bool required, Func<long, string?> rule)
+    {
+        if (!value.Exists && !required) return null;
+        int v = value.Int();
+        return value.Checked(v, rule(v));
+    }
+
+    private static string OneOf(JsonInput value, string fallback, params string[] allowed)
+    {
+        string v = value.OptionalString() ?? fallback;
+        return allowed.Contains(v) ? v : throw value.Error($"must be one of {string.Join(", ", allowed.Select(a => $"\"{a}\""))}, got \"{JsonInput.Cut(v)}\"");
+    }
+
+    private static List<string> Strings(JsonInput array) => array.Items().Select(i => i.String()).ToList();
 }
 
 /// <summary>Fits one AnomalySD model for all categories (paper section 4.1) and prepares it for scoring.</summary>

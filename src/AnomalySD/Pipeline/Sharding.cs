@@ -6,6 +6,7 @@ using System.Text.Json.Nodes;
 using AnomalySD.Data;
 using AnomalySD.Engine;
 using AnomalySD.Native;
+using Microsoft.Extensions.Logging;
 
 namespace AnomalySD.Pipeline;
 
@@ -96,27 +97,70 @@ public sealed class ShardWriter : IDisposable
     private bool _committed;
 
     private readonly string? _root;
+    private readonly FileStream _lock;
 
-    /// <param name="outDir">The shard's folder (replaced as a whole on commit).</param>
+    /// <param name="outDir">The shard's folder (replaced as a whole on commit; refused when it holds anything but a shard).</param>
     /// <param name="datasetRoot">Paths in scores.jsonl are written relative to it.</param>
-    public ShardWriter(string outDir, string? datasetRoot = null)
+    /// <param name="log">Says what an interrupted earlier run of this shard left and what was done with it.</param>
+    /// <exception cref="IOException">--out is a file, or a folder that holds something other than a shard.</exception>
+    public ShardWriter(string outDir, string? datasetRoot = null, ILogger? log = null)
     {
         _root = datasetRoot;
         _out = Path.GetFullPath(outDir).TrimEnd(Path.DirectorySeparatorChar);
+        if (File.Exists(_out)) throw new IOException($"shard folder '{outDir}' is a file; give a folder (--out)");
         string parent = Path.GetDirectoryName(_out)!;
+        Directory.CreateDirectory(parent);
+        ReclaimStale(parent, Path.GetFileName(_out), log);
         // Commit replaces the folder as a whole: only ever a previous shard, never a folder of something else.
-        if (Directory.Exists(_out) && Directory.EnumerateFileSystemEntries(_out).Any())
+        if (Directory.Exists(_out) && OutputFolder.VisibleEntries(_out).Count > 0)
         {
             try { ShardMerge.ReadManifest(_out); }
             catch (Exception e) when (e is InvalidDataException or InvalidOperationException or IOException)
             {
-                throw new IOException($"{_out}: exists and is not a shard folder ({e.Message}); a shard replaces its folder as a whole, so give an empty or new --out", e);
+                throw new IOException($"output folder '{outDir}' is not empty and is not an evaluation shard ({e.Message}); a shard replaces its folder as a whole. Nothing was written; give a new or empty folder (--out)", e);
             }
         }
-        Directory.CreateDirectory(parent);
         _staging = Path.Combine(parent, $".{Path.GetFileName(_out)}.staging-{Environment.ProcessId}-{Guid.NewGuid():N}");
         Directory.CreateDirectory(Path.Combine(_staging, "maps"));
+        // Held while this process writes: a later run tells a live staging folder from one a killed run left.
+        _lock = new FileStream(Path.Combine(_staging, OutputFolder.LockFileName), FileMode.CreateNew, FileAccess.ReadWrite, FileShare.None);
         _scores = new StreamWriter(Path.Combine(_staging, "scores.jsonl"), append: false, new UTF8Encoding(false));
+    }
+
+    /// <summary>
+    /// What killed runs of this shard left beside <paramref name="name"/>: staging folders that no live process holds are removed;
+    /// a previous shard set aside by a commit that was interrupted (<c>….old</c>) is put back when the shard folder is missing,
+    /// and removed otherwise. Each is logged.
+    /// </summary>
+    private static void ReclaimStale(string parent, string name, ILogger? log)
+    {
+        string target = Path.Combine(parent, name);
+        foreach (string dir in Directory.EnumerateDirectories(parent, $".{name}.staging-*").Order(StringComparer.Ordinal))
+        {
+            if (dir.EndsWith(".old", StringComparison.Ordinal))
+            {
+                if (!Directory.Exists(target))
+                {
+                    Directory.Move(dir, target);
+                    log?.LogWarning("shard folder '{Target}' was missing after an interrupted commit: restored the previous shard from '{Dir}'", target, dir);
+                }
+                else
+                {
+                    Directory.Delete(dir, recursive: true);
+                    log?.LogWarning("removed '{Dir}', a previous shard left by an interrupted commit", dir);
+                }
+                continue;
+            }
+            try
+            {
+                using (new FileStream(Path.Combine(dir, OutputFolder.LockFileName), FileMode.Open, FileAccess.ReadWrite, FileShare.None)) { }
+            }
+            catch (FileNotFoundException) { } // killed before it locked: stale
+            catch (DirectoryNotFoundException) { continue; }
+            catch (IOException) { continue; } // a live run of the same shard holds it
+            Directory.Delete(dir, recursive: true);
+            log?.LogWarning("removed '{Dir}', left by a run of this shard that was interrupted", dir);
+        }
     }
 
     public void Add(ImageRecord r)
@@ -144,6 +188,8 @@ public sealed class ShardWriter : IDisposable
         manifest["format_version"] = FormatVersion;
         manifest["images"] = new JsonObject(_images.Select(kv => new KeyValuePair<string, JsonNode?>(kv.Key, kv.Value)));
         AtomicFile.WriteText(Path.Combine(_staging, "manifest.json"), manifest.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+        _lock.Dispose(); // released (and removed) before the folder is renamed: Windows renames no folder with an open file in it
+        File.Delete(Path.Combine(_staging, OutputFolder.LockFileName));
         string? old = null;
         if (Directory.Exists(_out))
         {
@@ -172,70 +218,70 @@ public sealed class ShardWriter : IDisposable
         if (!_committed)
         {
             _scores.Dispose();
+            _lock.Dispose();
             try { Directory.Delete(_staging, recursive: true); } catch (IOException) { } catch (UnauthorizedAccessException) { }
         }
         foreach (var map in _maps.Values) map.Dispose();
     }
 
     /// <summary>
-    /// A fingerprint of a checkpoint folder: SHA-256 over every file's relative path, size and the SHA-256 of its first and last
-    /// MiB. Cheap on multi-GB SD weights, and any retraining, re-save or edit of the metadata changes it.
+    /// A fingerprint of the test split a shard scores from: SHA-256 over every test image of <paramref name="categories"/> (its path
+    /// relative to the dataset root, label, defect type and file size), in the dataset's order. Shards of one evaluation compute the
+    /// same value wherever the dataset is mounted; shards of different datasets (or of an edited one) differ, and merge refuses them.
     /// </summary>
-    public static string CheckpointFingerprint(string folder)
+    public static string DataFingerprint(IDataset dataset, IEnumerable<string> categories)
     {
         using var total = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
-        var root = Path.GetFullPath(folder);
-        foreach (string file in Directory.EnumerateFiles(root, "*", SearchOption.AllDirectories).Order(StringComparer.Ordinal))
-        {
-            var info = new FileInfo(file);
-            total.AppendData(Encoding.UTF8.GetBytes($"{Path.GetRelativePath(root, file).Replace('\\', '/')}\n{info.Length}\n"));
-            using var stream = File.OpenRead(file);
-            var buffer = new byte[Math.Min(info.Length, 1 << 20)];
-            stream.ReadExactly(buffer);
-            total.AppendData(SHA256.HashData(buffer));
-            if (info.Length > buffer.Length)
+        foreach (string category in categories)
+            foreach (var s in dataset.Test(category))
             {
-                stream.Seek(-buffer.Length, SeekOrigin.End);
-                stream.ReadExactly(buffer);
-                total.AppendData(SHA256.HashData(buffer));
+                long size = File.Exists(s.ImagePath) ? new FileInfo(s.ImagePath).Length : -1;
+                total.AppendData(Encoding.UTF8.GetBytes($"{category}\t{ShardSpec.RelativePath(dataset.Root, s.ImagePath)}\t{(s.IsAnomalous ? 1 : 0)}\t{s.DefectType}\t{size}\n"));
             }
-        }
         return Convert.ToHexString(total.GetHashAndReset()).ToLowerInvariant();
     }
 }
 
-/// <summary>A shard folder read back.</summary>
-public sealed record ShardData(string Folder, JsonObject Manifest, IReadOnlyList<ImageRecord> Records);
+/// <summary>A shard folder read back, its manifest checked value by value.</summary>
+/// <param name="Index">Its shard index.</param>
+/// <param name="Skipped">The images it skipped (unreadable), as paths.</param>
+/// <param name="SkippedPerCategory">How many images it skipped, per category.</param>
+/// <param name="SecondsPerCategory">Its scoring time per category.</param>
+/// <param name="WallSeconds">Its process's wall time.</param>
+public sealed record ShardData(string Folder, JsonObject Manifest, IReadOnlyList<ImageRecord> Records, int Index, IReadOnlyList<string> Skipped,
+                               IReadOnlyDictionary<string, int> SkippedPerCategory, IReadOnlyDictionary<string, double> SecondsPerCategory, double WallSeconds);
 
 /// <summary>
-/// Merges the folders of an N-shard evaluation: every manifest must agree on everything but the shard index, and shards 0..N-1
-/// must all be present exactly once (missing, duplicated and mismatched shards are named). The records are then accumulated per
-/// category in index order, exactly as one process accumulates them, so image metrics are identical and pixel metrics and PRO
-/// equal to the last bit.
+/// Merges the folders of an N-shard evaluation: every manifest must agree on everything but the shard index and its own counts
+/// (the checkpoint's fingerprint, the test split's fingerprint, the options, the categories, the calibration), and shards 0..N-1
+/// must all be present exactly once (missing, duplicated and mismatched shards are named, a mismatch by its first differing
+/// key). The records are then accumulated per category in index order, exactly as one process accumulates them, so image
+/// metrics are identical and pixel metrics and PRO equal to the last bit.
 /// </summary>
 public static class ShardMerge
 {
+    /// <summary>The manifest keys every shard of one evaluation shares.</summary>
+    public static readonly string[] SharedKeys = ["checkpoint_fingerprint", "data_fingerprint", "options", "shard_count", "categories", "calibration"];
+
     /// <exception cref="InvalidDataException">a folder is not a complete shard, shards are missing, duplicated or disagree.</exception>
+    /// <exception cref="DirectoryNotFoundException">a folder does not exist.</exception>
     public static (JsonObject Manifest, IReadOnlyList<ShardData> Shards) Check(IReadOnlyList<string> folders)
     {
         if (folders.Count == 0) throw new InvalidDataException("merge needs the shard folders");
-        var manifests = new List<(string Folder, JsonObject Manifest)>();
-        foreach (string folder in folders) manifests.Add((folder, ReadManifest(folder)));
+        var manifests = folders.Select(f => (Folder: f, Manifest: ReadManifest(f))).ToList();
         var reference = manifests[0];
-        int count = reference.Manifest["shard_count"]!.GetValue<int>();
+        int count = Input(reference.Folder, reference.Manifest)["shard_count"].Int(1);
         foreach (var (folder, m) in manifests.Skip(1))
-        {
-            foreach (string key in new[] { "checkpoint_fingerprint", "options", "shard_count", "categories", "calibration" })
-            {
-                string a = reference.Manifest[key]?.ToJsonString() ?? "null", b = m[key]?.ToJsonString() ?? "null";
-                if (a != b)
-                    throw new InvalidDataException($"shard '{folder}' does not match shard '{reference.Folder}': its {key} differs ({Short(b)} vs {Short(a)}); shards must come from one checkpoint and one set of options");
-            }
-        }
-        var byIndex = manifests.GroupBy(m => m.Manifest["shard_index"]!.GetValue<int>()).ToDictionary(g => g.Key, g => g.ToList());
+            foreach (string key in SharedKeys)
+                if (FirstDifference(key, reference.Manifest[key], m[key]) is { } diff)
+                    throw new InvalidDataException($"shard '{folder}' does not match shard '{reference.Folder}': {diff.Path} is {diff.Theirs} there and {diff.Ours} here; " +
+                                                   (key == "data_fingerprint" ? $"they scored different test images (data '{m["data"]}' vs '{reference.Manifest["data"]}')"
+                                                                              : "shards must come from one checkpoint, one dataset and one set of options"));
+        var indexed = manifests.Select(m => (m.Folder, m.Manifest, Index: Input(m.Folder, m.Manifest)["shard_index"].Int(0))).ToList();
+        var byIndex = indexed.GroupBy(m => m.Index).ToDictionary(g => g.Key, g => g.ToList());
         var duplicated = byIndex.Where(kv => kv.Value.Count > 1).Select(kv => $"shard {kv.Key} given {kv.Value.Count} times ({string.Join(", ", kv.Value.Select(v => v.Folder))})").ToList();
         if (duplicated.Count > 0) throw new InvalidDataException(string.Join("; ", duplicated));
-        var outOfRange = byIndex.Keys.Where(i => i < 0 || i >= count).ToList();
+        var outOfRange = byIndex.Keys.Where(i => i >= count).ToList();
         if (outOfRange.Count > 0) throw new InvalidDataException($"shard index {string.Join(", ", outOfRange)} is outside 0..{count - 1}");
         var missing = Enumerable.Range(0, count).Where(i => !byIndex.ContainsKey(i)).ToList();
         if (missing.Count > 0)
@@ -249,49 +295,75 @@ public static class ShardMerge
         return (reference.Manifest, shards);
     }
 
-    private static string Short(string s) => s.Length > 80 ? s[..77] + "..." : s;
+    private static JsonInput Input(string folder, JsonObject manifest) => new(Path.Combine(folder, "manifest.json"), "", manifest);
+
+    /// <summary>The first place where two JSON values differ, as a key path ("options.seed") and both values (cut short).</summary>
+    public static (string Path, string Ours, string Theirs)? FirstDifference(string path, JsonNode? ours, JsonNode? theirs)
+    {
+        if (ours is JsonObject a && theirs is JsonObject b)
+        {
+            foreach (string key in a.Select(kv => kv.Key).Union(b.Select(kv => kv.Key)).Order(StringComparer.Ordinal))
+                if (FirstDifference($"{path}.{key}", a[key], b[key]) is { } d) return d;
+            return null;
+        }
+        if (ours is JsonArray x && theirs is JsonArray y && x.Count == y.Count)
+        {
+            for (int i = 0; i < x.Count; i++)
+                if (FirstDifference($"{path}[{i}]", x[i], y[i]) is { } d) return d;
+            return null;
+        }
+        string s = ours?.ToJsonString() ?? "absent", t = theirs?.ToJsonString() ?? "absent";
+        return s == t ? null : (path, JsonInput.Cut(s), JsonInput.Cut(t));
+    }
 
     /// <summary>A shard folder's manifest.json, checked to be this format and version.</summary>
-    /// <exception cref="InvalidDataException">no manifest (an unfinished shard), invalid JSON, or another format or version.</exception>
+    /// <exception cref="DirectoryNotFoundException">no such folder.</exception>
+    /// <exception cref="InvalidDataException">a file instead of a folder, no manifest (an unfinished shard), invalid JSON, or another format or version.</exception>
     public static JsonObject ReadManifest(string folder)
     {
+        if (File.Exists(folder)) throw new InvalidDataException($"shard '{folder}' is a file; a shard is the folder that eval --shard --out writes");
+        if (!Directory.Exists(folder)) throw new DirectoryNotFoundException($"shard folder '{folder}' does not exist");
         string path = Path.Combine(folder, "manifest.json");
         if (!File.Exists(path))
             throw new InvalidDataException($"'{folder}' is not a complete shard: it has no manifest.json (a shard that did not finish leaves only a hidden .staging folder; rerun it)");
-        JsonObject m;
-        try { m = JsonNode.Parse(File.ReadAllText(path)) as JsonObject ?? throw new InvalidDataException($"{path}: not a JSON object"); }
-        catch (JsonException e) { throw new InvalidDataException($"{path}: not valid JSON ({e.Message})", e); }
-        if (m["format"]?.GetValue<string>() != ShardWriter.Format || m["format_version"]?.GetValue<int>() != ShardWriter.FormatVersion)
+        var j = JsonInput.Parse(path, File.ReadAllText(path));
+        var m = j.Object();
+        if (j["format"].OptionalString() != ShardWriter.Format || !j["format_version"].Exists || j["format_version"].Int() != ShardWriter.FormatVersion)
             throw new InvalidDataException($"{path}: not an AnomalySD evaluation shard of format version {ShardWriter.FormatVersion}");
+        j["shard_index"].Int(0);
+        j["shard_count"].Int(1);
+        j["categories"].Items().ToList().ForEach(c => c.String());
         return m;
     }
 
-    /// <summary>Reads a shard's records (scores and lossless maps).</summary>
+    /// <summary>Reads a shard's records (scores and lossless maps) and its counts.</summary>
+    /// <exception cref="InvalidDataException">a value missing, mistyped or out of range, naming the file and the line or key.</exception>
     public static ShardData Read(string folder, JsonObject manifest)
     {
+        var j = Input(folder, manifest);
         var records = new List<ImageRecord>();
         var maps = new Dictionary<string, TensorMap>();
+        string scores = Path.Combine(folder, "scores.jsonl");
         try
         {
             int line = 0;
-            foreach (string text in File.ReadLines(Path.Combine(folder, "scores.jsonl")))
+            foreach (string text in File.ReadLines(scores))
             {
                 line++;
                 if (text.Length == 0) continue;
-                var j = JsonNode.Parse(text) ?? throw new InvalidDataException($"{folder}/scores.jsonl line {line}: empty");
-                string category = j["category"]!.GetValue<string>();
-                int index = j["index"]!.GetValue<int>();
+                var r = JsonInput.Parse(scores, text, $"line {line}");
+                r.Object();
+                string category = r["category"].String();
+                int index = r["index"].Int(0);
                 if (!maps.TryGetValue(category, out var map)) maps[category] = map = TensorMap.Load(Path.Combine(folder, "maps", ShardWriter.MapFile(category)));
                 var info = map.Info($"{index}.map");
-                var sample = new Sample(category, j["file"]!.GetValue<string>(), j["label"]!.GetValue<int>() == 1, j["defect_type"]?.GetValue<string>() ?? "",
-                                        j["mask_file"]?.GetValue<string>());
-                records.Add(new ImageRecord(category, index, sample, j["score"]!.GetValue<double>(), j["normalized"]?.GetValue<double>(),
+                var sample = new Sample(category, r["file"].String(), r["label"].Int(0, 1) == 1, r["defect_type"].OptionalString() ?? "", r["mask_file"].OptionalString());
+                records.Add(new ImageRecord(category, index, sample, r["score"].Double(), r["normalized"].OptionalDouble(),
                     map.GetFloat32($"{index}.map"), Array.ConvertAll(map.GetFloat32($"{index}.mask"), v => v != 0 ? (byte)1 : (byte)0),
                     (int)info.Shape[0], (int)info.Shape[1]));
             }
         }
-        catch (Exception e) when (e is JsonException or KeyNotFoundException or NullReferenceException or AsdException or IOException
-                                       or InvalidOperationException or FormatException)
+        catch (Exception e) when (e is KeyNotFoundException or AsdException or IOException or InvalidOperationException or FormatException)
         {
             throw new InvalidDataException($"shard '{folder}' is corrupt: {e.Message}", e);
         }
@@ -299,8 +371,11 @@ public static class ShardMerge
         {
             foreach (var m in maps.Values) m.Dispose();
         }
-        var expected = manifest["images"]?.AsObject().Sum(kv => kv.Value!.GetValue<int>()) ?? 0;
+        int expected = j["images"].Exists ? j["images"].Members().Sum(kv => kv.Value.Int(0)) : 0;
         if (records.Count != expected) throw new InvalidDataException($"shard '{folder}' is corrupt: its manifest counts {expected} images, scores.jsonl has {records.Count}");
-        return new ShardData(folder, manifest, records);
+        var skipped = j["skipped"].Exists ? j["skipped"].Items().Select(x => x.String()).ToList() : [];
+        var skippedPer = j["skipped_per_category"].Exists ? j["skipped_per_category"].Members().ToDictionary(kv => kv.Key, kv => kv.Value.Int(0)) : [];
+        var seconds = j["seconds_per_category"].Exists ? j["seconds_per_category"].Members().ToDictionary(kv => kv.Key, kv => kv.Value.Double(0)) : [];
+        return new ShardData(folder, manifest, records, j["shard_index"].Int(0), skipped, skippedPer, seconds, j["wall_seconds"].OptionalDouble(0) ?? 0);
     }
 }

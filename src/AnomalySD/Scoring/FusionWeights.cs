@@ -1,4 +1,5 @@
 using System.Text.Json.Nodes;
+using AnomalySD.Pipeline;
 
 namespace AnomalySD.Scoring;
 
@@ -23,8 +24,13 @@ public sealed record FusionWeights(double MultiScale, double Prototype, double E
 
     public JsonObject ToJson() => new() { ["multi_scale"] = MultiScale, ["prototype"] = Prototype, ["error_map"] = ErrorMap };
 
-    public static FusionWeights FromJson(JsonNode j) =>
-        new(j["multi_scale"]!.GetValue<double>(), j["prototype"]!.GetValue<double>(), j["error_map"]!.GetValue<double>());
+    /// <exception cref="InvalidDataException">a weight missing, negative or above 1, or weights that do not sum to 1 (naming the file and key).</exception>
+    public static FusionWeights FromJson(JsonInput j)
+    {
+        var w = new FusionWeights(j["multi_scale"].Double(0, 1), j["prototype"].Double(0, 1), j["error_map"].Double(0, 1));
+        double sum = w.MultiScale + w.Prototype + w.ErrorMap;
+        return Math.Abs(sum - 1) <= 1e-6 ? w : throw j.Error($"must sum to 1, got {sum.ToString("R", System.Globalization.CultureInfo.InvariantCulture)}");
+    }
 
     public override string ToString() => FormattableString.Invariant($"S_ms {MultiScale:0.##}, S_pg {Prototype:0.##}, E {ErrorMap:0.##}");
 
@@ -48,8 +54,15 @@ public sealed record MapScales(double MultiScale, double Prototype, double Error
 
     public JsonObject ToJson() => new() { ["multi_scale"] = MultiScale, ["prototype"] = Prototype, ["error_map"] = ErrorMap };
 
-    public static MapScales FromJson(JsonNode j) =>
-        new(j["multi_scale"]!.GetValue<double>(), j["prototype"]!.GetValue<double>(), j["error_map"]!.GetValue<double>());
+    /// <exception cref="InvalidDataException">a scale missing or not a positive number (naming the file and key).</exception>
+    public static MapScales FromJson(JsonInput j) =>
+        new(Positive(j["multi_scale"]), Positive(j["prototype"]), Positive(j["error_map"]));
+
+    private static double Positive(JsonInput v)
+    {
+        double d = v.Double();
+        return d > 0 ? d : throw v.Error($"must be > 0, got {v.Describe()}");
+    }
 }
 
 /// <summary>
@@ -78,7 +91,13 @@ public sealed record ScoreNormalization(double Min, double Threshold, double Max
 
     public JsonObject ToJson() => new() { ["min"] = Min, ["threshold"] = Threshold, ["max"] = Max };
 
-    public static ScoreNormalization FromJson(JsonNode j) => new(j["min"]!.GetValue<double>(), j["threshold"]!.GetValue<double>(), j["max"]!.GetValue<double>());
+    /// <exception cref="InvalidDataException">a value missing, or not min &lt; threshold &lt; max (naming the file and key).</exception>
+    public static ScoreNormalization FromJson(JsonInput j)
+    {
+        double min = j["min"].Double(), threshold = j["threshold"].Double(), max = j["max"].Double();
+        return min < threshold && threshold < max ? new ScoreNormalization(min, threshold, max)
+            : throw j.Error($"must have min < threshold < max, got {min.ToString("R", System.Globalization.CultureInfo.InvariantCulture)}, {threshold.ToString("R", System.Globalization.CultureInfo.InvariantCulture)}, {max.ToString("R", System.Globalization.CultureInfo.InvariantCulture)}");
+    }
 }
 
 /// <summary>F1-optimal decision thresholds.</summary>
