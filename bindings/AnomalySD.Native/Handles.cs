@@ -8,7 +8,7 @@ namespace AnomalySD.Native;
 /// the matching <c>asd_*_free</c>. <see cref="LiveCount"/> counts handles created and not yet released, so a test
 /// can assert that a workload leaves none behind (native objects are counted too: <c>asd_live_objects</c>).
 /// </summary>
-public abstract class AsdHandle : SafeHandle
+internal abstract class AsdHandle : SafeHandle
 {
     private static long _live;
     private static long _peak;
@@ -46,20 +46,20 @@ public abstract class AsdHandle : SafeHandle
 }
 
 /// <summary>Handle of an <c>asd_tensor_map</c> (an ordered name -> tensor map, e.g. a safetensors file).</summary>
-public sealed class TensorMapHandle : AsdHandle
+internal sealed class TensorMapHandle : AsdHandle
 {
     protected override AsdStatus Free(IntPtr pointer) => NativeMethods.asd_tensor_map_free(pointer);
 }
 
 /// <summary>Handle of an <c>asd_model</c> (SD inpainting model + categories).</summary>
-public sealed class ModelHandle : AsdHandle
+internal sealed class ModelHandle : AsdHandle
 {
     protected override AsdStatus Free(IntPtr pointer) => NativeMethods.asd_model_free(pointer);
 }
 
 /// <summary>Handle of an <c>asd_trainer</c> (fine-tuning of a model). The native trainer holds a reference to its model, so
 /// the model's handle may be disposed first.</summary>
-public sealed class TrainerHandle : AsdHandle
+internal sealed class TrainerHandle : AsdHandle
 {
     protected override AsdStatus Free(IntPtr pointer) => NativeMethods.asd_trainer_free(pointer);
 }

@@ -1,4 +1,9 @@
+using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
+
+// The declarations are the library's business (as ONNX Runtime's NativeMethods): its engine facade and the tests see them.
+[assembly: InternalsVisibleTo("AnomalySD.Core")]
+[assembly: InternalsVisibleTo("AnomalySD.Tests")]
 
 namespace AnomalySD.Native;
 
@@ -17,7 +22,7 @@ public enum AsdStatus
 }
 
 /// <summary>Element types (<c>asd_dtype</c>).</summary>
-public enum AsdDtype
+internal enum AsdDtype
 {
     Auto = -1,
     F32 = 0,
@@ -34,7 +39,7 @@ public enum AsdDtype
 
 /// <summary><c>asd_inpaint_options</c>: same layout as the C struct.</summary>
 [StructLayout(LayoutKind.Sequential)]
-public struct AsdInpaintOptions
+internal struct AsdInpaintOptions
 {
     public long NumInferenceSteps;
     public double NoiseStrength;
@@ -51,7 +56,7 @@ public struct AsdInpaintOptions
 
 /// <summary><c>asd_scoring_options</c>: same layout as the C struct (strings as NUL-terminated UTF-8 pointers, read during the call).</summary>
 [StructLayout(LayoutKind.Sequential)]
-public unsafe struct AsdScoringOptions
+internal unsafe struct AsdScoringOptions
 {
     public byte* ResNet18;
     public int Distance;
@@ -64,7 +69,7 @@ public unsafe struct AsdScoringOptions
 
 /// <summary><c>asd_trainer_options</c>: same layout as the C struct.</summary>
 [StructLayout(LayoutKind.Sequential)]
-public unsafe struct AsdTrainerOptions
+internal unsafe struct AsdTrainerOptions
 {
     public long BatchSize;
     public long GradientAccumulation;
@@ -88,7 +93,7 @@ public unsafe struct AsdTrainerOptions
 /// Every function except <see cref="asd_last_error"/> returns an <see cref="AsdStatus"/>; call them through
 /// <see cref="AsdException.Check"/>. Handles come back as raw pointers and are wrapped at once in their SafeHandle.
 /// </summary>
-public static unsafe partial class NativeMethods
+internal static unsafe partial class NativeMethods
 {
     public const string Library = "anomalysd";
 
@@ -151,6 +156,9 @@ public static unsafe partial class NativeMethods
     [LibraryImport(Library, StringMarshalling = StringMarshalling.Utf8)]
     public static partial AsdStatus asd_model_error_map(ModelHandle model, string category, float* image, long height, long width,
                                                         float* outMap, long capacity, out long outHeight, out long outWidth);
+    [LibraryImport(Library, StringMarshalling = StringMarshalling.Utf8)]
+    public static partial AsdStatus asd_model_error_maps(ModelHandle model, string category, float* images, long n, long height, long width,
+                                                         float* outMaps, long capacity);
     [LibraryImport(Library, StringMarshalling = StringMarshalling.Utf8)]
     public static partial AsdStatus asd_model_inpaint_distances(ModelHandle model, string category, float* image, long height, long width,
                                                                 float* masks, long numMasks, in AsdInpaintOptions options,

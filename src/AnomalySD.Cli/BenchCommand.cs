@@ -3,8 +3,8 @@ using System.Globalization;
 using AnomalySD.Data;
 using AnomalySD.Engine;
 using AnomalySD.Masks;
-using AnomalySD.Native;
-using AnomalySD.Pipeline;
+using AnomalySD.Detection;
+using AnomalySD.Training;
 using AnomalySD.Text;
 using CommandLine;
 
@@ -50,7 +50,7 @@ public sealed class BenchVerb : EngineFlags
     public bool PrototypeBank { get; set; }
 
     public IReadOnlyList<WindowContext> Windows =>
-        WindowContext is null ? new[] { Resolutions.DefaultWindowContext, Pipeline.WindowContext.Full, new(1.0) }.Distinct().ToList() : CliSupport.SplitList(WindowContext).Select(Pipeline.WindowContext.Parse).Distinct().ToList();
+        WindowContext is null ? new[] { Resolutions.DefaultWindowContext, Detection.WindowContext.Full, new(1.0) }.Distinct().ToList() : CliSupport.SplitList(WindowContext).Select(Detection.WindowContext.Parse).Distinct().ToList();
 
     public override void Validate()
     {
@@ -61,7 +61,7 @@ public sealed class BenchVerb : EngineFlags
         Require(Images >= 1, $"--images must be >= 1, got {Images}");
         Require(NumInferenceSteps >= 1, $"--num-inference-steps must be >= 1, got {NumInferenceSteps}");
         Require(NoiseStrength is >= 0 and <= 1, $"--noise-strength must be in [0, 1], got {NoiseStrength}");
-        Require((int)(NumInferenceSteps * NoiseStrength) >= 1, $"--noise-strength {NoiseStrength} of --num-inference-steps {NumInferenceSteps} leaves 0 denoising steps");
+        Check($"--noise-strength {NoiseStrength.ToString(CultureInfo.InvariantCulture)}", OptionRules.DenoisingSteps(NoiseStrength, NumInferenceSteps));
         Require(InpaintBatch >= 0, $"--inpaint-batch must be >= 0, got {InpaintBatch}");
         ParseScales(Scales);
         _ = Windows;
@@ -69,8 +69,8 @@ public sealed class BenchVerb : EngineFlags
             Require(mode is "naive" or "batched", $"--modes: unknown mode '{mode}' (naive, batched)");
         foreach (string d in CliSupport.SplitList(Dtype))
         {
-            Require(Enum.TryParse<AsdDtype>(d, true, out var t) && t is AsdDtype.F32 or AsdDtype.F16 or AsdDtype.BF16, $"--dtype: '{d}' is not F32, F16 or BF16");
-            Require(!(t == AsdDtype.F16 && Device == "cpu"), "--dtype F16 is not supported on the CPU (libtorch has no half-precision LayerNorm there); use F32 or BF16");
+            Require(Enum.TryParse<ModelDtype>(d, true, out var t) && t is ModelDtype.F32 or ModelDtype.F16 or ModelDtype.BF16, $"--dtype: '{d}' is not F32, F16 or BF16");
+            Require(!(t == ModelDtype.F16 && Device == "cpu"), "--dtype F16 is not supported on the CPU (libtorch has no half-precision LayerNorm there); use F32 or BF16");
         }
     }
 }
@@ -93,7 +93,7 @@ public static class BenchCommand
         string? resnet = ScoringOptions.DefaultResNet18Path();
         foreach (string dtypeName in CliSupport.SplitList(o.Dtype))
         {
-            var dtype = Enum.Parse<AsdDtype>(dtypeName, ignoreCase: true);
+            var dtype = Enum.Parse<ModelDtype>(dtypeName, ignoreCase: true);
             bool preset = o.Model is "compact" or "sd2-inpainting";
             using var model = preset ? InpaintingModel.CreatePreset(o.Model, o.Seed, o.Device, dtype) : InpaintingModel.Load(o.Model, o.Device, dtype);
             if (resnet is not null) model.ConfigureScoring(new ScoringOptions(resnet));
@@ -122,7 +122,7 @@ public static class BenchCommand
                 {
                     bool naive = mode == "naive";
                     var options = new InpaintOptions(o.NumInferenceSteps, o.NoiseStrength, naive ? 1 : o.InpaintBatch, o.Seed, naive, window.ForEngine, size);
-                    TryResetPeak(o.Device);
+                    EngineInfo.TryResetPeakMemory(o.Device);
                     var times = new List<double>();
                     for (int i = 0; i < o.Images; i++)
                     {
@@ -131,7 +131,7 @@ public static class BenchCommand
                         times.Add(watch.Elapsed.TotalMilliseconds);
                     }
                     times.Sort();
-                    double median = times[times.Count / 2], peakMb = TryPeak(o.Device) / 1048576.0, achieved = unetGflop / (median / 1000);
+                    double median = times[times.Count / 2], peakMb = EngineInfo.TryPeakMemory(o.Device) / 1048576.0, achieved = unetGflop / (median / 1000);
                     int batch = naive ? 1 : o.InpaintBatch > 0 ? o.InpaintBatch : model.AutoBatchSize(size, size, masks.Count);
                     rows[mode] = median;
                     output.WriteLine(string.Create(CultureInfo.InvariantCulture,
@@ -157,17 +157,17 @@ public static class BenchCommand
         using var model = InpaintingModel.CreateCompact(o.Seed, o.Device);
         Fitting.ConfigureScoring(model, new ScoringBackbones());
         var shots = Enumerable.Range(0, 4).Select(i => SyntheticImage(size, o.Seed + (ulong)i)).ToList();
-        TryResetPeak(o.Device);
-        long baseline = TryPeak(o.Device);
+        EngineInfo.TryResetPeakMemory(o.Device);
+        long baseline = EngineInfo.TryPeakMemory(o.Device);
         var watch = Stopwatch.StartNew();
         model.AddPrototypes("bench", shots);
         double buildMs = watch.Elapsed.TotalMilliseconds;
-        long buildPeak = TryPeak(o.Device);
-        TryResetPeak(o.Device);
+        long buildPeak = EngineInfo.TryPeakMemory(o.Device);
+        EngineInfo.TryResetPeakMemory(o.Device);
         watch.Restart();
         var map = model.ErrorMap("bench", SyntheticImage(size, o.Seed + 99));
         double mapMs = watch.Elapsed.TotalMilliseconds;
-        long mapPeak = TryPeak(o.Device);
+        long mapPeak = EngineInfo.TryPeakMemory(o.Device);
         output.WriteLine($"prototype bank: 4 shots x 4 rotations at {size}x{size} = {model.PrototypeRows("bench")} prototypes of 384 channels; error map {map.Height}x{map.Width}");
         output.WriteLine("| step | ms | process peak MB |");
         output.WriteLine("|---|---|---|");
@@ -175,16 +175,6 @@ public static class BenchCommand
         output.WriteLine(string.Create(CultureInfo.InvariantCulture, $"| one error map | {mapMs:F0} | {mapPeak / 1048576.0:F0} |"));
         output.WriteLine(string.Create(CultureInfo.InvariantCulture, $"(process peak before the bank: {baseline / 1048576.0:F0} MB)"));
         return 0;
-    }
-
-    private static void TryResetPeak(string device)
-    {
-        try { EngineInfo.ResetPeakMemory(device); } catch (AsdUnsupportedException) { }
-    }
-
-    private static long TryPeak(string device)
-    {
-        try { return EngineInfo.PeakMemory(device); } catch (AsdUnsupportedException) { return 0; }
     }
 
     /// <summary>A smooth deterministic test image (sums of sinusoids).</summary>

@@ -2,7 +2,7 @@ using System.Reflection;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using System.Text.RegularExpressions;
-using AnomalySD.Pipeline;
+using AnomalySD.IO;
 using CommandLine;
 using Microsoft.Extensions.Logging;
 

@@ -1,5 +1,5 @@
 using AnomalySD.Data;
-using AnomalySD.Pipeline;
+using AnomalySD.IO;
 using CommandLine;
 
 namespace AnomalySD.Cli;

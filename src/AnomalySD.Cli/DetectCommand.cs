@@ -1,7 +1,8 @@
 using System.Globalization;
 using AnomalySD.Data;
-using AnomalySD.Pipeline;
-using AnomalySD.Scoring;
+using AnomalySD.Detection;
+using AnomalySD.IO;
+using AnomalySD.Visualization;
 using CommandLine;
 using Microsoft.Extensions.Logging;
 using SixLabors.ImageSharp;
@@ -48,44 +49,31 @@ public static class DetectCommand
             files = files.Where(f => shard.Contains(f.Name.Replace('\\', '/'))).ToList();
             log.LogInformation("shard {Shard}: {Count} of the inputs", shard, files.Count);
         }
-        using var heatmaps = o.Out is null ? null : OutputFolder.Open(o.Out, OutputKind.Pictures); // writable and ours before any work
-        var (model, meta) = Checkpoints.Load(o.Checkpoint, o.Device, o.Backbones(), log);
-        using (model)
+        using var pictures = o.Out is null ? null : OutputFolder.Open(o.Out, OutputKind.Pictures); // writable and ours before any work
+        using var detector = Detector.Open(o.Checkpoint, o.DetectorSettings(), log);
+        var post = detector.PostProcessor(o.Category, o.Threshold);
+        detector.Category(o.Category);
+        if (!post.IsCalibrated && o.CalibrateOn && detector.Metadata.Calibration.Count == 0)
+            log.LogInformation("this checkpoint has no calibration: raw scores only{Hint}", o.Threshold is null ? " (give --threshold for decisions)" : "");
+        int failures = 0;
+        output.WriteLine("image\tscore\tnormalized" + (post.Threshold is null ? "" : "\tdecision"));
+        foreach (var (file, name) in files)
         {
-            var setup = Checkpoints.Resolve(meta, o.ToRequest(), log);
-            var prompts = setup.Metadata.Categories.FirstOrDefault(c => c.Category == o.Category)
-                ?? throw new KeyNotFoundException($"category '{o.Category}' was not fitted in {o.Checkpoint} (fitted: {string.Join(", ", meta.Categories.Select(c => c.Category))})");
-            var detector = new AnomalyDetector(model, setup.Detector);
-            var calibration = setup.Metadata.Calibration.GetValueOrDefault(o.Category);
-            if (calibration is null && o.CalibrateOn && meta.Calibration.Count == 0)
-                log.LogInformation("this checkpoint has no calibration: raw scores only{Hint}", o.Threshold is null ? " (give --threshold for decisions)" : "");
-            // Calibrated: decide on the normalised scale (0.5 = the calibrated threshold). Uncalibrated: on the raw score, if asked.
-            double? threshold = calibration is not null ? o.Threshold ?? 0.5 : o.Threshold;
-            int failures = 0;
-            output.WriteLine("image\tscore\tnormalized" + (threshold is null ? "" : "\tdecision"));
-            foreach (var (file, name) in files)
+            RgbImage image;
+            try { image = detector.Decode(file); }
+            catch (ImageLoadException e) { log.LogWarning("skipped: {Message}", e.Message); failures++; continue; }
+            var r = detector.Detect(o.Category, [image], restored: pictures is not null, threshold: o.Threshold)[0];
+            string decision = r.IsAnomalous is bool anomalous ? (anomalous ? "\tanomalous" : "\tnormal") : "";
+            output.WriteLine(string.Create(CultureInfo.InvariantCulture, $"{file}\t{r.RawScore:G6}\t{(r.Score is double n ? n.ToString("F4", CultureInfo.InvariantCulture) : "n/a")}{decision}"));
+            if (pictures is not null)
             {
-                RgbImage image;
-                try { image = ImageIO.LoadRgb(file, setup.Metadata.AnalysisSize); }
-                catch (ImageLoadException e) { log.LogWarning("skipped: {Message}", e.Message); failures++; continue; }
-                var s = detector.Score(o.Category, image, prompts.NoiseStrength, restored: heatmaps is not null);
-                double? normalized = calibration?.Normalization.Apply(s.Score);
-                double decided = normalized ?? s.Score;
-                string decision = threshold is double t ? (decided >= t ? "\tanomalous" : "\tnormal") : "";
-                output.WriteLine(string.Create(CultureInfo.InvariantCulture, $"{file}\t{s.Score:G6}\t{(normalized is double n ? n.ToString("F4", CultureInfo.InvariantCulture) : "n/a")}{decision}"));
-                if (heatmaps is not null)
-                {
-                    // The report's panel; without calibration the map is scaled to this image's score.
-                    var map = calibration?.Normalization.Apply(s.SmoothedMap)
-                              ?? new Map2D(s.SmoothedMap.Height, s.SmoothedMap.Width, Array.ConvertAll(s.SmoothedMap.Data, v => v / Math.Max(s.Score, 1e-12)));
-                    using var panel = Visuals.Panel(image, map, calibration is null ? null : Visuals.Region(s.SmoothedMap, calibration.PixelThreshold), null, s.Restored);
-                    AtomicFile.Write(heatmaps.File(name + "_panel.png"), stream => panel.SaveAsPng(stream));
-                }
+                using var panel = Visuals.Panel(image, r.DisplayMap, r.PredictedMask, null, r.Restored);
+                AtomicFile.Write(pictures.File(name + "_panel.png"), stream => panel.SaveAsPng(stream));
             }
-            heatmaps?.Complete();
-            if (failures == 0) return 0;
-            Console.Error.WriteLine($"anomalysd: {failures} image(s) skipped (named above)");
-            return 3;
         }
+        pictures?.Complete();
+        if (failures == 0) return 0;
+        Console.Error.WriteLine($"anomalysd: {failures} image(s) skipped (named above)");
+        return 3;
     }
 }

@@ -1,8 +1,11 @@
 using System.Diagnostics;
 using System.Text.Json.Nodes;
 using AnomalySD.Data;
-using AnomalySD.Engine;
-using AnomalySD.Pipeline;
+using AnomalySD.Checkpoints;
+using AnomalySD.Detection;
+using AnomalySD.Evaluation;
+using AnomalySD.IO;
+using AnomalySD.Training;
 using CommandLine;
 using Microsoft.Extensions.Logging;
 
@@ -26,8 +29,7 @@ public sealed class EvalVerb : FitFlags
         Require(MaxImages is null || MaxImages >= 1, $"--max-images must be >= 1, got {MaxImages}");
         if (ResolvedShard() is { } shard) Require(Checkpoint is not null, $"shard {shard}: a shard never fits; write the checkpoint once with fit and pass --checkpoint");
         Require(CliSupport.SplitList(Device).Count == 1 || Checkpoint is not null, $"--device '{Device}': several engines need a checkpoint written by fit (--checkpoint)");
-        Require(Data is not null, "--data is required");
-        PathGuard.Separate(Out, "--out", Data!, "--data");
+        RequireDataApartFrom(Out);
     }
 }
 
@@ -44,60 +46,41 @@ public static class EvalCommand
         var dataset = Datasets.Open(o.Data!);
         using var shardWriter = shard is null ? null : new ShardWriter(o.Out, dataset.Root, log);
         var watch = Stopwatch.StartNew();
-        var engines = new List<InpaintingModel>();
-        CheckpointMetadata meta;
-        string? fingerprint = null, version = null;
         double fitSeconds = 0;
-        try
+        Detector detector;
+        if (o.Checkpoint is not null) detector = Detector.Open(o.Checkpoint, o.DetectorSettings(o.EvalSize), log);
+        else
         {
-            if (o.Checkpoint is not null)
-            {
-                // One lease for every engine: they all load the same version, and a shard's fingerprint is that of the bytes loaded.
-                using var lease = CheckpointStore.OpenForRead(o.Checkpoint);
-                CheckpointMetadata? first = null;
-                foreach (string device in o.Devices())
-                {
-                    var (model, m) = Checkpoints.Load(lease, device, o.Backbones(), log);
-                    engines.Add(model);
-                    first ??= m;
-                }
-                meta = first!;
-                version = lease.Version;
-                if (shard is not null) fingerprint = lease.Fingerprint;
-            }
-            else
-            {
-                var fit = o.ToFitOptions();
-                // The E-only baseline never runs the diffusion model: skip its training.
-                if (o.Masks == MaskStrategy.Prototype) fit = fit with { UnetSteps = 0, DecoderSteps = 0, AutoencoderSteps = 0, Calibration = null };
-                // Calibrate with what this run scores with.
-                var request = o.ToRequest(o.EvalSize);
-                if (fit.Calibration is { } c) fit = fit with { Calibration = c with { Scales = request.Scales, NumInferenceSteps = request.NumInferenceSteps } };
-                var (model, m) = Fitting.Fit(dataset, FitFlags.FitCategories(o.Categories, dataset, log), fit, log, CliSupport.Progress());
-                engines.Add(model);
-                meta = m;
-                fitSeconds = watch.Elapsed.TotalSeconds;
-            }
-            var (categories, notFitted) = EvalCategories(o.Categories, dataset, meta, o.Checkpoint, log);
-            var setup = Checkpoints.Resolve(meta, o.ToRequest(o.EvalSize), log);
-            if (engines.Count > 1) log.LogInformation("{Count} engines ({Devices}) score from one queue", engines.Count, string.Join(", ", o.Devices()));
-            var run = RunInfo(o, setup, fitSeconds, version, notFitted);
+            var fit = o.ToFitOptions();
+            // The E-only baseline never runs the diffusion model: skip its training.
+            if (o.Masks == MaskStrategy.Prototype) fit = fit with { UnetSteps = 0, DecoderSteps = 0, AutoencoderSteps = 0, Calibration = null };
+            // Calibrate with what this run scores with.
+            var request = o.ToRequest(o.EvalSize);
+            if (fit.Calibration is { } c) fit = fit with { Calibration = c with { Scales = request.Scales, NumInferenceSteps = request.NumInferenceSteps } };
+            var (model, m) = Fitting.Fit(dataset, FitFlags.FitCategories(o.Categories, dataset, log), fit, log, CliSupport.Progress());
+            detector = Detector.FromModel(model, m, request, log);
+            fitSeconds = watch.Elapsed.TotalSeconds;
+        }
+        using (detector)
+        {
+            var (categories, notFitted) = EvalCategories(o.Categories, dataset, detector.Metadata, o.Checkpoint, log);
+            var run = RunInfo(o, detector, fitSeconds, notFitted);
             if (shard is { } s)
             {
                 log.LogInformation("shard {Shard}: scoring its images; merge the {Count} shard folders with `anomalysd merge`", s, s.Count);
                 var writer = shardWriter!;
-                var result = Evaluation.Run(engines, setup.Metadata, dataset, categories, setup.Detector, log, CliSupport.Progress(),
-                                            new EvaluationOptions(o.MaxImages, setup.EvalSize, s, writer.Add));
+                var result = Evaluator.Run(detector, dataset, categories, log, CliSupport.Progress(),
+                                           new EvaluationOptions(o.MaxImages, detector.Setup.EvalSize, x => s.Contains(ShardSpec.RelativePath(dataset.Root, x.ImagePath)), writer.Add));
                 var manifest = new JsonObject
                 {
-                    ["checkpoint_fingerprint"] = fingerprint,
+                    ["checkpoint_fingerprint"] = detector.Fingerprint,
                     ["checkpoint"] = Path.GetFullPath(o.Checkpoint!),
-                    ["checkpoint_version"] = version,
+                    ["checkpoint_version"] = detector.Version,
                     ["data"] = Path.GetFullPath(dataset.Root),
                     ["data_fingerprint"] = ShardWriter.DataFingerprint(dataset, categories),
                     ["options"] = ShardOptions(run),
                     ["categories"] = new JsonArray(categories.Select(c => (JsonNode)JsonValue.Create(c)!).ToArray()),
-                    ["calibration"] = new JsonObject(setup.Metadata.Calibration.Select(kv => new KeyValuePair<string, JsonNode?>(kv.Key, kv.Value.ToJson()))),
+                    ["calibration"] = new JsonObject(detector.Metadata.Calibration.Select(kv => new KeyValuePair<string, JsonNode?>(kv.Key, kv.Value.ToJson()))),
                     ["shard_index"] = s.Index, ["shard_count"] = s.Count,
                     ["skipped"] = new JsonArray(result.Skipped.Select(x => (JsonNode)JsonValue.Create(x)!).ToArray()),
                     ["skipped_per_category"] = new JsonObject(result.Categories.Select(c => new KeyValuePair<string, JsonNode?>(c.Category, c.Skipped))),
@@ -108,8 +91,7 @@ public static class EvalCommand
                 Console.WriteLine($"shard {s}: {result.Categories.Sum(c => c.Images)} images scored, {result.Skipped.Count} skipped, in {watch.Elapsed.TotalSeconds:F0} s; written to {o.Out}");
                 return 0; // skips are recorded for merge, which reports them (exit 3 there)
             }
-            var full = Evaluation.Run(engines, setup.Metadata, dataset, categories, setup.Detector, log, CliSupport.Progress(),
-                                      new EvaluationOptions(o.MaxImages, setup.EvalSize));
+            var full = Evaluator.Run(detector, dataset, categories, log, CliSupport.Progress(), new EvaluationOptions(o.MaxImages, detector.Setup.EvalSize));
             run["wall_seconds_total"] = watch.Elapsed.TotalSeconds;
             output!.Replace(dir => ReportWriter.Write(dir, full, run));
             output.Complete();
@@ -118,10 +100,6 @@ public static class EvalCommand
             if (full.Skipped.Count == 0) return 0;
             Console.Error.WriteLine($"anomalysd: {full.Skipped.Count} image(s) skipped (named above and in results.json); the metrics cover the rest");
             return 3;
-        }
-        finally
-        {
-            foreach (var e in engines) e.Dispose();
         }
     }
 
@@ -158,19 +136,20 @@ public static class EvalCommand
     }
 
     /// <summary>What a run used, for results.json and report.md.</summary>
-    private static JsonObject RunInfo(EvalVerb o, ScoringSetup setup, double fitSeconds, string? version, IReadOnlyList<string> notFitted)
+    private static JsonObject RunInfo(EvalVerb o, Detector detector, double fitSeconds, IReadOnlyList<string> notFitted)
     {
-        var m = setup.Metadata;
+        var m = detector.Metadata;
+        var d = detector.Setup.Detector;
         return new JsonObject
         {
-            ["model"] = m.ModelSource, ["checkpoint"] = o.Checkpoint ?? "(fitted in this run, not saved)", ["checkpoint_version"] = version, ["shots"] = m.Shots,
+            ["model"] = m.ModelSource, ["checkpoint"] = o.Checkpoint ?? detector.Source, ["checkpoint_version"] = detector.Version, ["shots"] = m.Shots,
             ["categories_not_fitted"] = notFitted.Count == 0 ? null : string.Join(", ", notFitted),
-            ["inpaint_size"] = m.ImageSize, ["analysis_size"] = m.AnalysisSize, ["eval_size"] = setup.EvalSize == 0 ? "original" : setup.EvalSize,
+            ["inpaint_size"] = m.ImageSize, ["analysis_size"] = m.AnalysisSize, ["eval_size"] = detector.Setup.EvalSize == 0 ? "original" : detector.Setup.EvalSize,
             ["window_context"] = m.WindowContext.ToString(), ["distance_resolution"] = m.DistanceResolution.ToString().ToLowerInvariant(),
             ["feature_aggregation"] = m.FeatureAggregation,
             ["calibrated"] = m.Calibration.Count > 0 ? "yes (see calibration)" : o.CalibrateOn ? "no (the checkpoint has no calibration)" : "no (--calibrate off)",
-            ["scales"] = string.Join(",", setup.Detector.Scales ?? AnomalySD.Masks.MaskProposals.DefaultScales), ["max_images"] = o.MaxImages?.ToString() ?? "all",
-            ["masks"] = setup.Detector.Masks.ToString(), ["distance"] = m.Distance, ["num_inference_steps"] = setup.Detector.Inpaint!.NumInferenceSteps,
+            ["scales"] = string.Join(",", d.Scales ?? AnomalySD.Masks.MaskProposals.DefaultScales), ["max_images"] = o.MaxImages?.ToString() ?? "all",
+            ["masks"] = d.Masks.ToString(), ["distance"] = m.Distance, ["num_inference_steps"] = d.Inpaint!.NumInferenceSteps,
             ["noise_strength"] = new JsonObject(m.Categories.Select(c => new KeyValuePair<string, JsonNode?>(c.Category, c.NoiseStrength))),
             ["seed"] = o.Seed, ["device"] = o.Device, ["fit_seconds"] = fitSeconds,
         };

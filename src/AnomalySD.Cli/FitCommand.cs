@@ -1,6 +1,8 @@
 using System.Diagnostics;
 using AnomalySD.Data;
-using AnomalySD.Pipeline;
+using AnomalySD.Checkpoints;
+using AnomalySD.IO;
+using AnomalySD.Training;
 using CommandLine;
 using Microsoft.Extensions.Logging;
 
@@ -18,8 +20,7 @@ public sealed class FitVerb : FitFlags
         RequireOneDevice("fit");
         string? scoring = GivenScoringFlags().FirstOrDefault();
         Require(scoring is null, $"{scoring} is a scoring flag: give it to eval or detect, not to fit");
-        Require(Data is not null, "--data is required");
-        PathGuard.Separate(Out, "--out", Data!, "--data");
+        RequireDataApartFrom(Out);
     }
 }
 

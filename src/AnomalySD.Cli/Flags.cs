@@ -1,5 +1,9 @@
 using AnomalySD.Engine;
-using AnomalySD.Pipeline;
+using AnomalySD.IO;
+using AnomalySD.Calibration;
+using AnomalySD.Detection;
+using AnomalySD.Evaluation;
+using AnomalySD.Training;
 using CommandLine;
 
 namespace AnomalySD.Cli;
@@ -104,7 +108,7 @@ public abstract class ModelFlags : EngineFlags
     [Option("calibrate", Default = "on", HelpText = "on: calibrate λ, the fusion weights and the thresholds from the shots at fit time, and score with them; off: the paper's fixed values (λ from the prompt file, α = 0.1).")]
     public string Calibrate { get; set; } = "on";
 
-    public WindowContext? ParsedWindowContext => WindowContext is null ? null : Pipeline.WindowContext.Parse(WindowContext);
+    public WindowContext? ParsedWindowContext => WindowContext is null ? null : Detection.WindowContext.Parse(WindowContext);
 
     public bool CalibrateOn => Calibrate.Equals("on", StringComparison.OrdinalIgnoreCase);
 
@@ -178,6 +182,9 @@ public abstract class ScoringFlags : ModelFlags
         Require(ShardCount is null || Shard is null || shard?.Count == ShardCount, $"--shard {Shard} and --shard-count {ShardCount} disagree on the number of shards");
     }
 
+    /// <summary>The detector's devices, backbones and scoring request.</summary>
+    public DetectorSettings DetectorSettings(int? evalSize = null) => new(Devices(), Backbones(), ToRequest(evalSize));
+
     /// <summary>The library's scoring request, by name.</summary>
     public ScoringRequest ToRequest(int? evalSize = null) => new(
         Masks: Masks ?? MaskStrategy.Full, Scales: Scales is null ? null : ParseScales(Scales), NumInferenceSteps: NumInferenceSteps ?? 50,
@@ -236,8 +243,8 @@ public abstract class FitFlags : ScoringFlags
     [Option("lr", Default = 1e-4, HelpText = "Adam learning rate (compact raises it to at least 5e-4 for the UNet, 1e-3 for the autoencoder).")]
     public double LearningRate { get; set; } = 1e-4;
 
-    [Option("dtype", Default = AsdDtypeName.F32, HelpText = "Weights dtype of an SD model: F32, F16, BF16.")]
-    public AsdDtypeName Dtype { get; set; } = AsdDtypeName.F32;
+    [Option("dtype", Default = ModelDtype.F32, HelpText = "Weights dtype of an SD model: F32, F16, BF16.")]
+    public ModelDtype Dtype { get; set; } = ModelDtype.F32;
 
     [Option("mixed-precision", Default = MixedPrecisionMode.No, HelpText = "Training forward passes in No (fp32), Bf16 (CPU or CUDA) or Fp16 (CUDA, with loss scaling); needs --dtype F32.")]
     public MixedPrecisionMode MixedPrecision { get; set; } = MixedPrecisionMode.No;
@@ -261,7 +268,7 @@ public abstract class FitFlags : ScoringFlags
         Require(UnetSteps >= 0 && DecoderSteps >= 0 && AutoencoderSteps >= 0, "--unet-steps, --decoder-steps and --autoencoder-steps must be >= 0");
         Require(BatchSize >= 1, $"--batch-size must be >= 1, got {BatchSize}");
         Require(LearningRate > 0, $"--lr must be > 0, got {LearningRate}");
-        Require(MixedPrecision == MixedPrecisionMode.No || Dtype == AsdDtypeName.F32, $"--mixed-precision {MixedPrecision} keeps fp32 master weights: use --dtype F32, not {Dtype}");
+        Require(MixedPrecision == MixedPrecisionMode.No || Dtype == ModelDtype.F32, $"--mixed-precision {MixedPrecision} keeps fp32 master weights: use --dtype F32, not {Dtype}");
         Require(MixedPrecision != MixedPrecisionMode.Fp16 || Device.StartsWith("cuda", StringComparison.Ordinal), "--mixed-precision Fp16 needs --device cuda; use Bf16 on the CPU");
         Require(Distance != DistanceKind.LpipsAlex || (AlexNet is not null && Lpips is not null), "--distance LpipsAlex needs --alexnet and --lpips");
         CalibrationOptions()?.Validate();
@@ -293,6 +300,13 @@ public abstract class FitFlags : ScoringFlags
         Distance: Distance, AlexNetPath: AlexNet, LpipsPath: Lpips, ResNet18Path: ResNet18, PromptsPath: Prompts, ForegroundMasksDir: ForegroundMasks,
         MixedPrecision: MixedPrecision, AnalysisSize: AnalysisSize ?? 0, WindowContext: ParsedWindowContext, EvalSize: EvalSize,
         FeatureAggregation: FeatureAggregation, Calibration: CalibrationOptions(), DistanceResolution: DistanceResolution);
+
+    /// <summary>--data is given, and the output folder <paramref name="outDir"/> is neither it, nor inside it, nor around it.</summary>
+    protected void RequireDataApartFrom(string outDir)
+    {
+        Require(Data is not null, "--data is required");
+        PathGuard.Separate(outDir, "--out", Data!, "--data");
+    }
 
     /// <summary>
     /// The categories a fit trains on: those named by --categories (each must have a training split), or every category of the

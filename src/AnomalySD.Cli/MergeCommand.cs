@@ -1,5 +1,7 @@
 using System.Text.Json.Nodes;
-using AnomalySD.Pipeline;
+using AnomalySD.Calibration;
+using AnomalySD.Evaluation;
+using AnomalySD.IO;
 using CommandLine;
 using Microsoft.Extensions.Logging;
 
@@ -43,7 +45,7 @@ public static class MergeCommand
         var skippedPerCategory = categories.ToDictionary(c => c, c => shards.Sum(s => s.SkippedPerCategory.GetValueOrDefault(c)));
         var seconds = categories.ToDictionary(c => c, c => shards.Sum(s => s.SecondsPerCategory.GetValueOrDefault(c)));
         var skipped = shards.SelectMany(s => s.Skipped).ToList();
-        var result = Evaluation.FromRecords(categories, records, calibration, skippedPerCategory, skipped, seconds);
+        var result = Evaluator.FromRecords(categories, records, calibration, skippedPerCategory, skipped, seconds);
         var run = (JsonObject)manifest["options"]!.DeepClone();
         run["checkpoint"] = manifest["checkpoint"]?.DeepClone();
         run["checkpoint_fingerprint"] = manifest["checkpoint_fingerprint"]?.DeepClone();

@@ -1,7 +1,6 @@
 using AnomalySD.Cli;
 using AnomalySD.Data;
 using AnomalySD.Engine;
-using AnomalySD.Native;
 using CommandLine;
 using CommandLine.Text;
 
@@ -18,12 +17,13 @@ try
 {
     args = CliSupport.ExpandConfig(args);
     var parser = new Parser(s => { s.HelpWriter = null; s.CaseInsensitiveEnumValues = true; s.EnableDashDash = true; });
-    var parsed = parser.ParseArguments<InfoVerb, FitVerb, EvalVerb, DetectVerb, BenchVerb, DemoVerb, MergeVerb>(args);
+    var parsed = parser.ParseArguments<InfoVerb, FitVerb, EvalVerb, DetectVerb, ServeVerb, BenchVerb, DemoVerb, MergeVerb>(args);
     return parsed.MapResult(
         (InfoVerb o) => InfoCommand.Run(o, Console.Out),
         (FitVerb o) => Run(o, () => FitCommand.Run(o)),
         (EvalVerb o) => Run(o, () => EvalCommand.Run(o)),
         (DetectVerb o) => Run(o, () => DetectCommand.Run(o, Console.Out)),
+        (ServeVerb o) => Run(o, () => ServeCommand.Run(o)),
         (BenchVerb o) => Run(o, () => BenchCommand.Run(o, Console.Out)),
         (DemoVerb o) => Run(o, () => DemoCommand.Run(o)),
         (MergeVerb o) => Validated(o.Validate, () => MergeCommand.Run(o)),
@@ -34,8 +34,7 @@ catch (UsageException e)
     Console.Error.WriteLine($"anomalysd: error: {OneLine(e.Message)}");
     return 1;
 }
-catch (Exception e) when (e is AsdException or DllNotFoundException or IOException or InvalidDataException or ImageLoadException
-                              or KeyNotFoundException or ArgumentException or UnauthorizedAccessException or FormatException)
+catch (Exception e) when (Failures.IsExpected(e))
 {
     Console.Error.WriteLine($"anomalysd: error: {OneLine(e.Message)}");
     return 2;

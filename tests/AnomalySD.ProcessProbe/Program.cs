@@ -1,10 +1,11 @@
-using System.Diagnostics;
 using System.Globalization;
 using System.Security.Cryptography;
 using System.Text;
 using AnomalySD.Data;
 using AnomalySD.Engine;
-using AnomalySD.Pipeline;
+using AnomalySD.Checkpoints;
+using AnomalySD.Detection;
+using AnomalySD.IO;
 using Microsoft.Extensions.Logging.Abstractions;
 
 // Test support for the checkpoint concurrency tests (tests/AnomalySD.Tests/CheckpointConcurrencyTests.cs): real processes that
@@ -26,8 +27,8 @@ switch (args.FirstOrDefault())
 {
     case "publish":
     {
-        var (a, metaA) = Checkpoints.Load(args[2], "cpu", new ScoringBackbones(), log);
-        var (b, metaB) = Checkpoints.Load(args[3], "cpu", new ScoringBackbones(), log);
+        var (a, metaA) = CheckpointLoader.Load(args[2], "cpu", new ScoringBackbones(), log);
+        var (b, metaB) = CheckpointLoader.Load(args[3], "cpu", new ScoringBackbones(), log);
         int count = int.Parse(args[4], CultureInfo.InvariantCulture);
         using var folder = OutputFolder.Open(args[1], OutputKind.Checkpoint);
         for (int i = 0; i < count; i++)
@@ -58,26 +59,18 @@ switch (args.FirstOrDefault())
 
 (string Signature, string Version) Signature(string checkpoint, string probe)
 {
-    string version;
-    InpaintingModel model;
-    CheckpointMetadata meta;
-    using (var lease = CheckpointStore.OpenForRead(checkpoint))
-    {
-        (model, meta) = Checkpoints.Load(lease, "cpu", new ScoringBackbones(), log);
-        version = lease.Version ?? "-";
-    }
-    using (model)
-    {
-        string category = meta.Categories[0].Category;
-        var image = ImageIO.LoadRgb(probe, meta.AnalysisSize);
-        double e = new AnomalyDetector(model, new DetectorOptions(MaskStrategy.Prototype)).Score(category, image).Score;
-        var small = ImageIO.Resize(image, meta.ImageSize, meta.ImageSize);
-        var mask = new BinaryMask(meta.ImageSize, meta.ImageSize, Enumerable.Range(0, meta.ImageSize * meta.ImageSize)
-            .Select(i => (byte)(i % meta.ImageSize >= meta.ImageSize / 4 && i / meta.ImageSize < meta.ImageSize / 2 ? 1 : 0)).ToArray());
-        var inpainted = model.Inpaint(category, small, [mask], new InpaintOptions(NumInferenceSteps: 2, NoiseStrength: 1.0, Seed: 7))[0];
-        var bytes = new List<byte>(Encoding.UTF8.GetBytes(meta.ToJson().ToJsonString()));
-        bytes.AddRange(BitConverter.GetBytes(e));
-        foreach (float v in inpainted.Data) bytes.AddRange(BitConverter.GetBytes(v));
-        return (Convert.ToHexString(SHA256.HashData(bytes.ToArray()))[..16], version);
-    }
+    // What detect and serve do: one Detector over the checkpoint's current version.
+    using var detector = Detector.Open(checkpoint, new DetectorSettings(["cpu"], new ScoringBackbones(), new ScoringRequest(MaskStrategy.Prototype)), log);
+    var meta = detector.Metadata;
+    string category = meta.Categories[0].Category;
+    var image = detector.Decode(probe);
+    double e = detector.Detect(category, [image])[0].RawScore;
+    var small = ImageIO.Resize(image, meta.ImageSize, meta.ImageSize);
+    var mask = new BinaryMask(meta.ImageSize, meta.ImageSize, Enumerable.Range(0, meta.ImageSize * meta.ImageSize)
+        .Select(i => (byte)(i % meta.ImageSize >= meta.ImageSize / 4 && i / meta.ImageSize < meta.ImageSize / 2 ? 1 : 0)).ToArray());
+    var inpainted = detector.Engine(0).Inpaint(category, small, [mask], new InpaintOptions(NumInferenceSteps: 2, NoiseStrength: 1.0, Seed: 7))[0];
+    var bytes = new List<byte>(Encoding.UTF8.GetBytes(meta.ToJson().ToJsonString()));
+    bytes.AddRange(BitConverter.GetBytes(e));
+    foreach (float v in inpainted.Data) bytes.AddRange(BitConverter.GetBytes(v));
+    return (Convert.ToHexString(SHA256.HashData(bytes.ToArray()))[..16], detector.Version ?? "-");
 }

@@ -1,6 +1,10 @@
 using AnomalySD.Data;
-using AnomalySD.Engine;
-using AnomalySD.Pipeline;
+using AnomalySD.Metrics;
+using AnomalySD.Calibration;
+using AnomalySD.Checkpoints;
+using AnomalySD.Detection;
+using AnomalySD.Training;
+using AnomalySD.Visualization;
 using AnomalySD.Scoring;
 using Microsoft.Extensions.Logging.Abstractions;
 using SixLabors.ImageSharp.PixelFormats;
@@ -246,7 +250,7 @@ public sealed class CalibrationTests
         }
         Assert.Throws<ArgumentException>(() => ScoreNormalization.Create(5, 5, 6));
         // The F1-optimal threshold sits halfway between the last score flagged and the first not flagged.
-        var (t, f1) = F1Threshold.Optimal([0.1, 0.2, 0.9, 0.8, 0.3], [false, false, true, true, false]);
+        var (t, f1) = BinaryCurve.From([0.1, 0.2, 0.9, 0.8, 0.3], [false, false, true, true, false]).F1OptimalThreshold();
         Assert.Equal(0.55, t, 12);
         Assert.Equal(1.0, f1, 12);
     }
@@ -257,21 +261,21 @@ public sealed class CalibrationTests
         var old = System.Text.Json.Nodes.JsonNode.Parse("""{"image_size": 64, "analysis_size": 256, "window_context": "0.5", "shots": 1, "categories": [{"name": "bottle", "coarse": ["A perfect bottle."], "fine": [], "noise_strength": 0.35}]}""")!.AsObject();
         var meta = CheckpointMetadata.FromJson(old, "old");
         Assert.Empty(meta.Calibration);
-        var setup = Checkpoints.Resolve(meta, new ScoringRequest());
+        var setup = ScoringRules.Resolve(meta, new ScoringRequest());
         Assert.Equal(0.35, setup.Metadata.Categories[0].NoiseStrength);
         Assert.Equal((FusionWeights.Paper(), MapScales.Raw), setup.Detector.FusionFor("bottle"));
         // With a calibration, the calibrated λ and weights are used; --calibrate off restores the paper's.
         var k = new CategoryCalibration(0.5, new FusionWeights(0.2, 0, 0.8), new MapScales(2, 1, 3), ScoreNormalization.Create(0, 1, 2), 1, 0.9, 0.8, 3, 4);
         var calibrated = meta with { Calibration = new Dictionary<string, CategoryCalibration> { ["bottle"] = k } };
-        var on = Checkpoints.Resolve(calibrated, new ScoringRequest());
+        var on = ScoringRules.Resolve(calibrated, new ScoringRequest());
         Assert.Equal(0.5, on.Metadata.Categories[0].NoiseStrength);
         Assert.Equal(k.Weights, on.Detector.FusionFor("bottle").Weights);
-        var off = Checkpoints.Resolve(calibrated, new ScoringRequest(Calibrate: false));
+        var off = ScoringRules.Resolve(calibrated, new ScoringRequest(Calibrate: false));
         Assert.Equal(0.35, off.Metadata.Categories[0].NoiseStrength);
         Assert.Equal(FusionWeights.Paper(), off.Detector.FusionFor("bottle").Weights);
-        Assert.Equal(0.3, Checkpoints.Resolve(calibrated, new ScoringRequest(NoiseStrength: 0.3)).Metadata.Categories[0].NoiseStrength);
+        Assert.Equal(0.3, ScoringRules.Resolve(calibrated, new ScoringRequest(NoiseStrength: 0.3)).Metadata.Categories[0].NoiseStrength);
         // The calibration belongs to the full method's fused map: the E-only baseline keeps raw scores and no threshold.
-        var prototype = Checkpoints.Resolve(calibrated, new ScoringRequest(Masks: MaskStrategy.Prototype));
+        var prototype = ScoringRules.Resolve(calibrated, new ScoringRequest(Masks: MaskStrategy.Prototype));
         Assert.Empty(prototype.Metadata.Calibration);
         Assert.Equal(0.35, prototype.Metadata.Categories[0].NoiseStrength);
     }

@@ -2,7 +2,9 @@ using System.Globalization;
 using System.Text.Json.Nodes;
 using AnomalySD.Cli;
 using AnomalySD.Data;
-using AnomalySD.Pipeline;
+using AnomalySD.Engine;
+using AnomalySD.Checkpoints;
+using AnomalySD.IO;
 using Xunit;
 using Xunit.Abstractions;
 
@@ -220,7 +222,7 @@ public sealed class CheckpointSafetyTests(ITestOutputHelper output) : IDisposabl
             fit.Kill();
             // Whatever the moment, the folder is a whole checkpoint: it loads.
             using var lease = CheckpointStore.OpenForRead(x);
-            var (model, meta) = Checkpoints.Load(lease, "cpu", new ScoringBackbones(), Microsoft.Extensions.Logging.Abstractions.NullLogger.Instance);
+            var (model, meta) = CheckpointLoader.Load(lease, "cpu", new ScoringBackbones(), Microsoft.Extensions.Logging.Abstractions.NullLogger.Instance);
             model.Dispose();
             Assert.Equal("washer", meta.Categories.Single().Category);
         }

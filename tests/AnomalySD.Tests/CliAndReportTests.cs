@@ -1,6 +1,7 @@
 using AnomalySD.Cli;
 using AnomalySD.Data;
-using AnomalySD.Pipeline;
+using AnomalySD.Metrics;
+using AnomalySD.Detection;
 using AnomalySD.Scoring;
 using Xunit;
 
@@ -104,7 +105,7 @@ public sealed class CliAndReportTests
     public void RocCurveGroupsTies()
     {
         // scores 0.9(+), 0.8(-), 0.8(+), 0.1(-): thresholds 0.9 -> (0, 0.5); 0.8 (tie) -> (0.5, 1); 0.1 -> (1, 1).
-        var (fpr, tpr) = Visuals.RocCurve([0.9, 0.8, 0.8, 0.1], [true, false, true, false]);
+        var (fpr, tpr) = BinaryCurve.From([0.9, 0.8, 0.8, 0.1], [true, false, true, false]).Roc();
         Assert.Equal([0, 0, 0.5, 1], fpr);
         Assert.Equal([0, 0.5, 1, 1], tpr);
     }
@@ -113,7 +114,7 @@ public sealed class CliAndReportTests
     public void BilinearUpsamplingMatchesHandValues()
     {
         // 1x2 map [0, 1] -> 1x4 with align_corners = false: x = 0.25 * ... -> [0, 0.25, 0.75, 1].
-        var up = AnomalyDetector.Bilinear(new Map2D(1, 2, [0.0, 1.0]), 1, 4);
+        var up = Map2D.ResizeBilinear(new Map2D(1, 2, [0.0, 1.0]), 1, 4);
         Assert.Equal([0, 0.25, 0.75, 1], up.Data);
     }
 

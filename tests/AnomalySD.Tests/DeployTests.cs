@@ -74,6 +74,34 @@ public sealed class DeployTests
     }
 
     [Fact]
+    public void TheServeDeploymentProbesTheServersHealthPathsAndDrainsOnSigterm()
+    {
+        var stream = new YamlStream();
+        using (var reader = new StreamReader(Deploy("kubernetes/serve.yaml"))) stream.Load(reader);
+        var docs = stream.Documents.Select(d => Assert.IsType<YamlMappingNode>(d.RootNode)).ToList();
+        var deployment = Assert.Single(docs, d => Scalar(d, "kind") == "Deployment");
+        var service = Assert.Single(docs, d => Scalar(d, "kind") == "Service");
+        Assert.Equal("apps/v1", Scalar(deployment, "apiVersion"));
+        var pod = Assert.IsType<YamlMappingNode>(At(deployment, "spec", "template", "spec"));
+        var container = Assert.IsType<YamlMappingNode>(Assert.Single(((YamlSequenceNode)At(pod, "containers")).Children));
+        var args = ((YamlSequenceNode)At(container, "args")).Children.Select(n => ((YamlScalarNode)n).Value!).ToList();
+        Assert.Equal("serve", args[0]);
+        Assert.Contains("--host=0.0.0.0", args);
+        int port = int.Parse(args.Single(a => a.StartsWith("--port=")).Split('=')[1]);
+        Assert.Equal(port, int.Parse(Scalar((YamlMappingNode)((YamlSequenceNode)At(container, "ports")).Children[0], "containerPort")));
+        // The probes are the paths the server answers (ServeTests), on the named port.
+        Assert.Equal("/v2/health/ready", Scalar(container, "readinessProbe", "httpGet", "path"));
+        Assert.Equal("/v2/health/live", Scalar(container, "livenessProbe", "httpGet", "path"));
+        // The pod outlives the server's drain.
+        double grace = double.Parse(args.Single(a => a.StartsWith("--shutdown-grace-s=")).Split('=')[1], System.Globalization.CultureInfo.InvariantCulture);
+        Assert.True(int.Parse(Scalar(pod, "terminationGracePeriodSeconds")) > grace);
+        // The Service selects the Deployment's pods.
+        var selector = (YamlMappingNode)At(service, "spec", "selector");
+        var labels = (YamlMappingNode)At(deployment, "spec", "template", "metadata", "labels");
+        foreach (var (k, v) in selector.Children) Assert.Equal(((YamlScalarNode)v).Value, ((YamlScalarNode)labels.Children[k]).Value);
+    }
+
+    [Fact]
     public void TheMergeJobNeedsNoGpu()
     {
         var job = Load("kubernetes/merge-job.yaml");

@@ -2,7 +2,9 @@ using System.Text.Json.Nodes;
 using AnomalySD.Cli;
 using AnomalySD.Data;
 using AnomalySD.Engine;
-using AnomalySD.Pipeline;
+using AnomalySD.Checkpoints;
+using AnomalySD.Detection;
+using AnomalySD.Training;
 using Xunit;
 using Xunit.Abstractions;
 
@@ -84,17 +86,17 @@ public sealed class EndToEndTests(ITestOutputHelper output) : IDisposable
         Assert.True(File.Exists(Path.Combine(heat, "000_panel.png")));
 
         // Same checkpoint, same seed: identical image scores.
-        using var model1 = Checkpoints.Load(ckpt, "cpu", new ScoringBackbones(), Microsoft.Extensions.Logging.Abstractions.NullLogger.Instance).Model;
+        using var model1 = CheckpointLoader.Load(ckpt, "cpu", new ScoringBackbones(), Microsoft.Extensions.Logging.Abstractions.NullLogger.Instance).Model;
         var meta = CheckpointMetadata.FromJson(model1.Info()["metadata"] as JsonObject, ckpt);
         Assert.Equal("bf16", meta.FitOptions!["mixed_precision"]!.GetValue<string>()); // the options are in the checkpoint
         Assert.Equal(10, meta.FitOptions["unet_steps"]!.GetValue<int>());
         // The resolutions and the window context round-trip through the checkpoint.
         Assert.Equal((64, 128, 256, Resolutions.DefaultWindowContext, 1), (meta.ImageSize, meta.AnalysisSize, meta.EvalSize, meta.WindowContext, meta.FeatureAggregation));
         Assert.Equal(["bottle", "pcb"], meta.Calibration.Keys.Order().ToList());
-        var setup = Checkpoints.Resolve(meta, new ScoringRequest(Scales: [1, 2], NumInferenceSteps: 10, Seed: 5));
+        var setup = ScoringRules.Resolve(meta, new ScoringRequest(Scales: [1, 2], NumInferenceSteps: 10, Seed: 5));
         Assert.Equal(Resolutions.DefaultWindowContext.ForEngine, setup.Detector.Inpaint!.WindowContext);
         Assert.Equal(64, setup.Detector.Inpaint.InpaintSize);
-        var detector = new AnomalyDetector(model1, setup.Detector);
+        var detector = new AnomalyModel(model1, setup.Detector);
         var image = ImageIO.LoadRgb(TestPaths.Shared("data/bottle/test/broken_large/000.png"), meta.AnalysisSize);
         double a = detector.Score("bottle", image, 0.4).Score, b = detector.Score("bottle", image, 0.4).Score;
         Assert.Equal(a, b);

@@ -1,7 +1,7 @@
 using System.Text.Json.Nodes;
 using AnomalySD.Cli;
 using AnomalySD.Data;
-using AnomalySD.Pipeline;
+using AnomalySD.Checkpoints;
 using SixLabors.ImageSharp;
 using SixLabors.ImageSharp.Formats;
 using SixLabors.ImageSharp.PixelFormats;

@@ -3,7 +3,10 @@ using AnomalySD.Data;
 using AnomalySD.Engine;
 using AnomalySD.Masks;
 using AnomalySD.Metrics;
-using AnomalySD.Pipeline;
+using AnomalySD.Checkpoints;
+using AnomalySD.Detection;
+using AnomalySD.Evaluation;
+using AnomalySD.Training;
 using AnomalySD.Scoring;
 using AnomalySD.Text;
 using Microsoft.Extensions.Logging.Abstractions;
@@ -32,13 +35,13 @@ public sealed class MultiResolutionTests : IDisposable
 
     /// <summary>The compact model (seed 3) with one bottle shot as prototypes, a broken bottle at 64 px, 10 steps at λ 0.4 (seed 5),
     /// whole-image inpainting at 64 px, and a detector with grid scales 1, 2, 4.</summary>
-    private static (InpaintingModel Model, RgbImage Image, InpaintOptions Inpaint, AnomalyDetector Detector) BottleAt64()
+    private static (InpaintingModel Model, RgbImage Image, InpaintOptions Inpaint, AnomalyModel Detector) BottleAt64()
     {
         var model = ScoredModel(3);
         var image = ImageIO.LoadRgb(TestPaths.Shared("data/bottle/test/broken_large/000.png"), 64);
         model.AddPrototypes("bottle", [ImageIO.LoadRgb(TestPaths.Shared("data/bottle/train/good/000.png"), 64)]);
         var inpaint = new InpaintOptions(10, 0.4, 0, 5, WindowContext: null, InpaintSize: 64);
-        return (model, image, inpaint, new AnomalyDetector(model, new DetectorOptions(MaskStrategy.Full, [1, 2, 4], Inpaint: inpaint)));
+        return (model, image, inpaint, new AnomalyModel(model, new DetectorOptions(MaskStrategy.Full, [1, 2, 4], Inpaint: inpaint)));
     }
 
     [Fact]
@@ -113,7 +116,7 @@ public sealed class MultiResolutionTests : IDisposable
         var old = JsonNode.Parse("""{"image_size": 64, "model_source": "compact", "shots": 1, "categories": [{"name": "bottle", "coarse": ["A perfect bottle."], "fine": [], "noise_strength": 0.4}]}""")!.AsObject();
         var meta = CheckpointMetadata.FromJson(old, "old");
         Assert.Equal((64, 64, true, 1), (meta.AnalysisSize, meta.EvalSize, meta.WindowContext.IsFull, meta.FeatureAggregation));
-        var setup = Checkpoints.Resolve(meta, new ScoringRequest());
+        var setup = ScoringRules.Resolve(meta, new ScoringRequest());
         Assert.Null(setup.Detector.Inpaint!.WindowContext);
         Assert.Equal(64, setup.EvalSize);
         // And a new one round-trips.
@@ -121,7 +124,7 @@ public sealed class MultiResolutionTests : IDisposable
         var back = CheckpointMetadata.FromJson(now.ToJson(), "new");
         Assert.Equal((256, 0, 1.0, 3), (back.AnalysisSize, back.EvalSize, back.WindowContext.Margin, back.FeatureAggregation));
         // A request overrides the checkpoint's choices.
-        var over = Checkpoints.Resolve(back, new ScoringRequest(AnalysisSize: 128, WindowContext: WindowContext.Full, EvalSize: 256, NoiseStrength: 0.3));
+        var over = ScoringRules.Resolve(back, new ScoringRequest(AnalysisSize: 128, WindowContext: WindowContext.Full, EvalSize: 256, NoiseStrength: 0.3));
         Assert.Equal((128, true, 256, 0.3), (over.Metadata.AnalysisSize, over.Metadata.WindowContext.IsFull, over.EvalSize, over.Metadata.Categories[0].NoiseStrength));
     }
 
@@ -170,16 +173,16 @@ public sealed class MultiResolutionTests : IDisposable
         }
         var dataset = Datasets.Open(Path.Combine(_dir, "data"));
         var (model, meta) = Fitting.Fit(dataset, ["widget"], new FitOptions(Shots: 1, UnetSteps: 0, AutoencoderSteps: 0, AnalysisSize: 64), NullLogger.Instance);
-        using (model)
+        using (var detector0 = Detector.FromModel(model, meta, new ScoringRequest(MaskStrategy.Prototype), NullLogger.Instance))
         {
             var options = new DetectorOptions(MaskStrategy.Prototype);
-            var result = Evaluation.Run(model, meta, dataset, ["widget"], options, NullLogger.Instance, evalSize: 0);
+            var result = Evaluator.Run(detector0, dataset, ["widget"], NullLogger.Instance, null, new EvaluationOptions(EvalSize: 0));
             var pixel = new PixelAuroc();
             var pro = new PixelPro(0.3);
-            var detector = new AnomalyDetector(model, options);
+            var detector = new AnomalyModel(model, options);
             foreach (var sample in dataset.Test("widget"))
             {
-                var map = AnomalyDetector.Bilinear(detector.Score("widget", ImageIO.LoadRgb(sample.ImagePath, 64)).SmoothedMap, 80, 96);
+                var map = Map2D.ResizeBilinear(detector.Score("widget", ImageIO.LoadRgb(sample.ImagePath, 64)).SmoothedMap, 80, 96);
                 var mask = sample.MaskPath is null ? new byte[96 * 80] : ImageIO.LoadMask(sample.MaskPath, 0).Data;
                 Assert.Equal(96 * 80, mask.Length);
                 var values = Array.ConvertAll(map.Data, v => (float)v);
@@ -189,7 +192,7 @@ public sealed class MultiResolutionTests : IDisposable
             Assert.Equal(pixel.Compute(), result.Categories[0].PixelAuroc, 12);
             Assert.Equal(pro.Compute(), result.Categories[0].Pro, 12);
             // At 256 the result differs (the masks are resized): the evaluation resolution is really used.
-            var at256 = Evaluation.Run(model, meta, dataset, ["widget"], options, NullLogger.Instance, evalSize: 256);
+            var at256 = Evaluator.Run(detector0, dataset, ["widget"], NullLogger.Instance, null, new EvaluationOptions(EvalSize: 256));
             Assert.NotEqual(result.Categories[0].Pro, at256.Categories[0].Pro);
         }
     }

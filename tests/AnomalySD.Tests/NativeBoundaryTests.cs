@@ -59,14 +59,14 @@ public sealed class NativeBoundaryTests : IDisposable
         float[] values = [0.5f, -1.25f, 3f, 8f, 0f, -2f];
         using (var map = TensorMap.Create())
         {
-            map.SetFloat32("w", values, [2, 3], AsdDtype.F16);
+            map.SetFloat32("w", values, [2, 3], TensorDtype.F16);
             map.SetFloat32("b", [1f], [1]);
             map.Save(path, new Dictionary<string, string> { ["format"] = "pt" });
         }
-        using var back = TensorMap.Load(path, AsdDtype.F32);
+        using var back = TensorMap.Load(path, TensorDtype.F32);
         Assert.Equal(["w", "b"], back.Names);
         var info = back.Info("w");
-        Assert.Equal(AsdDtype.F32, info.Dtype);
+        Assert.Equal(TensorDtype.F32, info.Dtype);
         Assert.Equal([2L, 3L], info.Shape);
         Assert.Equal(values, back.GetFloat32("w")); // all exactly representable in f16
     }

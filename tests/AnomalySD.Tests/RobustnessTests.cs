@@ -3,7 +3,8 @@ using System.Runtime.InteropServices;
 using AnomalySD.Data;
 using AnomalySD.Engine;
 using AnomalySD.Native;
-using AnomalySD.Pipeline;
+using AnomalySD.IO;
+using AnomalySD.Training;
 using AnomalySD.Text;
 using SixLabors.ImageSharp;
 using SixLabors.ImageSharp.Metadata.Profiles.Exif;
@@ -26,7 +27,7 @@ public sealed class RobustnessTests : IDisposable
     }
 
     /// <summary>A PNG whose IHDR announces <paramref name="width"/> x <paramref name="height"/> RGB with a tiny IDAT.</summary>
-    private static byte[] HandMadePng(uint width, uint height)
+    internal static byte[] HandMadePng(uint width, uint height)
     {
         var png = new MemoryStream();
         png.Write([0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A]);

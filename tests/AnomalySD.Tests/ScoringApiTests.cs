@@ -1,6 +1,7 @@
 using AnomalySD.Data;
 using AnomalySD.Engine;
-using AnomalySD.Pipeline;
+using AnomalySD.Evaluation;
+using AnomalySD.Training;
 using AnomalySD.Text;
 using Xunit;
 using Xunit.Abstractions;

@@ -2,7 +2,8 @@ using System.Text.Json.Nodes;
 using AnomalySD.Cli;
 using AnomalySD.Data;
 using AnomalySD.Engine;
-using AnomalySD.Pipeline;
+using AnomalySD.Detection;
+using AnomalySD.Evaluation;
 using Microsoft.Extensions.Logging.Abstractions;
 using Xunit;
 
@@ -149,20 +150,18 @@ public sealed class ShardingTests : IDisposable
         Assert.Equal(0, FitCommand.Run(TinyFit(ckpt)));
         var log = NullLogger.Instance;
         var dataset = Datasets.Open(TestPaths.Shared("data"));
-        var (m1, meta) = Checkpoints.Load(ckpt, "cpu", new ScoringBackbones(), log);
-        var (m2, _) = Checkpoints.Load(ckpt, "cpu", new ScoringBackbones(), log);
-        using (m1)
-        using (m2)
+        var request = new ScoringRequest(Scales: [1, 2], NumInferenceSteps: 10, Seed: 3);
+        using var single = Detector.Open(ckpt, new DetectorSettings(["cpu"], new ScoringBackbones(), request), log);
+        using var pair = Detector.Open(ckpt, new DetectorSettings(["cpu", "cpu"], new ScoringBackbones(), request), log);
         {
-            var setup = Checkpoints.Resolve(meta, new ScoringRequest(Scales: [1, 2], NumInferenceSteps: 10, Seed: 3));
-            List<ImageRecord> Scores(IReadOnlyList<InpaintingModel> engines)
+            List<ImageRecord> Scores(Detector detector)
             {
                 var records = new List<ImageRecord>();
-                Evaluation.Run(engines, setup.Metadata, dataset, ["bottle"], setup.Detector, log, null, new EvaluationOptions(6, 64, OnRecord: records.Add));
+                Evaluator.Run(detector, dataset, ["bottle"], log, null, new EvaluationOptions(6, 64, OnRecord: records.Add));
                 return records;
             }
-            var one = Scores([m1]);
-            var two = Scores([m1, m2]);
+            var one = Scores(single);
+            var two = Scores(pair);
             Assert.Equal(one.Select(r => r.Index), two.Select(r => r.Index)); // accumulated in index order either way
             for (int i = 0; i < one.Count; i++)
                 Assert.True(Math.Abs(one[i].Score - two[i].Score) <= 1e-6 * Math.Max(1, Math.Abs(one[i].Score)), $"image {i}: {one[i].Score} vs {two[i].Score}");

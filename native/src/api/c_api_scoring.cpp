@@ -130,6 +130,28 @@ ASD_API asd_status asd_model_error_map(asd_model* model, const char* category, c
   });
 }
 
+ASD_API asd_status asd_model_error_maps(asd_model* model, const char* category, const float* images, int64_t n, int64_t height, int64_t width,
+                                        float* out_maps, int64_t capacity) {
+  return ASD_GUARD({
+    not_null(model, "model");
+    require_scoring(model);
+    not_null(images, "images");
+    not_null(out_maps, "out_maps");
+    asd::require(n >= 1 && height > 0 && width > 0, "n, height and width must be > 0");
+    const std::string name = not_null(category, "category");
+    if (!model->bank->has(name)) asd::throw_error(ASD_ERR_NOT_FOUND, "category '" + name + "' has no prototype bank (asd_model_add_prototypes)");
+    const int64_t fh = (height + 7) / 8, fw = (width + 7) / 8;
+    asd::require(capacity >= n * fh * fw, [&] { return "out_maps holds " + std::to_string(capacity) + " floats, the maps need " + std::to_string(n * fh * fw); });
+    const torch::Tensor x = asd::api::float_buffer(images, {n, 3, height, width}, "images");
+    const torch::Tensor features = extractor(model)(((x + 1) / 2).to(model->components.device));
+    for (int64_t i = 0; i < n; ++i) {
+      const torch::Tensor e = model->bank->error_map(name, features[i]).to(torch::kCPU, torch::kFloat32).contiguous();
+      asd::require(e.size(0) == fh && e.size(1) == fw, "internal: the error map's size differs from the stride-8 rule");
+      std::memcpy(out_maps + i * fh * fw, e.data_ptr<float>(), static_cast<size_t>(e.numel()) * sizeof(float));
+    }
+  });
+}
+
 ASD_API asd_status asd_model_inpaint_distances(asd_model* model, const char* category, const float* image, int64_t height,
                                                int64_t width, const float* masks, int64_t num_masks, const asd_inpaint_options* options,
                                                float* out_distances, float* out_images) {

@@ -137,7 +137,9 @@ public static class ImageIO
         return new RgbImage(width, height, data);
     }
 
-    private static byte ToByte(float v) => (byte)Math.Clamp(MathF.Round(v * 255), 0, 255);
+    /// <summary>A channel value in [0, 1] as a byte: v · 255 rounded to the nearest (ties to even), clamped to 0..255. The one
+    /// conversion of the library (pictures, the synthetic dataset, resizing).</summary>
+    public static byte ToByte(float v) => (byte)Math.Clamp(MathF.Round(v * 255), 0, 255);
 
     /// <summary>Width and height of an image file as displayed (after its EXIF orientation: 5-8 swap the sides), without
     /// decoding its pixels.</summary>

@@ -85,7 +85,7 @@ public static class SyntheticDataset
         using var image = new Image<Rgb24>(w, h);
         for (int y = 0; y < h; y++)
         for (int x = 0; x < w; x++)
-            image[x, y] = new Rgb24(B(img[0, y, x]), B(img[1, y, x]), B(img[2, y, x]));
+            image[x, y] = new Rgb24(ImageIO.ToByte(img[0, y, x]), ImageIO.ToByte(img[1, y, x]), ImageIO.ToByte(img[2, y, x]));
         image.SaveAsPng(path);
     }
 
@@ -99,5 +99,4 @@ public static class SyntheticDataset
         image.SaveAsPng(path);
     }
 
-    private static byte B(float v) => (byte)Math.Clamp(Math.Round(v * 255), 0, 255);
 }

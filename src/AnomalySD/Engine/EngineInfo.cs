@@ -41,9 +41,9 @@ public sealed record EngineInfo(
     public static void ResetPeakMemory(string device) => AsdException.Check(NativeMethods.asd_peak_memory_reset(device));
 
     /// <summary>The device's GEMM throughput in GFLOP/s, measured now (best of 5 products of two n x n matrices in <paramref name="dtype"/>).</summary>
-    public static double GemmPeakGflops(string device, AsdDtype dtype = AsdDtype.F32, int n = 2048)
+    public static double GemmPeakGflops(string device, ModelDtype dtype = ModelDtype.F32, int n = 2048)
     {
-        AsdException.Check(NativeMethods.asd_gemm_peak_gflops(device, dtype, n, out double gflops));
+        AsdException.Check(NativeMethods.asd_gemm_peak_gflops(device, (AsdDtype)dtype, n, out double gflops));
         return gflops;
     }
 
@@ -52,6 +52,18 @@ public sealed record EngineInfo(
     {
         AsdException.Check(NativeMethods.asd_peak_memory(device, out long bytes));
         return bytes;
+    }
+
+    /// <summary><see cref="ResetPeakMemory"/> where the device counts its peak; nothing where it cannot.</summary>
+    public static void TryResetPeakMemory(string device)
+    {
+        try { ResetPeakMemory(device); } catch (AsdUnsupportedException) { }
+    }
+
+    /// <summary><see cref="PeakMemory"/>, or 0 where the device cannot count its peak.</summary>
+    public static long TryPeakMemory(string device)
+    {
+        try { return PeakMemory(device); } catch (AsdUnsupportedException) { return 0; }
     }
 
     /// <summary>Native engine objects alive now (all types), for leak checks.</summary>

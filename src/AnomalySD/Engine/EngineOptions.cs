@@ -18,11 +18,21 @@ namespace AnomalySD.Engine;
 public sealed record InpaintOptions(int NumInferenceSteps = 50, double NoiseStrength = 0.4, int BatchSize = 0, ulong Seed = 0, bool Naive = false,
                                     double? WindowContext = null, int InpaintSize = 0, bool DistanceAtInpaintSize = false)
 {
-    internal AsdInpaintOptions ToNative() => new()
+    /// <summary>The native struct, filled from the engine's defaults (<c>asd_inpaint_options_default</c>) and then set field by field,
+    /// so that a field added to the C struct keeps its native default.</summary>
+    internal AsdInpaintOptions ToNative()
     {
-        NumInferenceSteps = NumInferenceSteps, NoiseStrength = NoiseStrength, BatchSize = BatchSize, Seed = Seed, Naive = Naive ? 1 : 0,
-        WindowContext = WindowContext ?? -1.0, InpaintSize = InpaintSize, DistanceAtInpaintSize = DistanceAtInpaintSize ? 1 : 0,
-    };
+        AsdException.Check(NativeMethods.asd_inpaint_options_default(out var native));
+        native.NumInferenceSteps = NumInferenceSteps;
+        native.NoiseStrength = NoiseStrength;
+        native.BatchSize = BatchSize;
+        native.Seed = Seed;
+        native.Naive = Naive ? 1 : 0;
+        native.WindowContext = WindowContext ?? -1.0;
+        native.InpaintSize = InpaintSize;
+        native.DistanceAtInpaintSize = DistanceAtInpaintSize ? 1 : 0;
+        return native;
+    }
 }
 
 /// <summary>The perceptual distance of eq. 16-17.</summary>
@@ -112,4 +122,22 @@ public sealed record TrainerOptions(int BatchSize = 8, int GradientAccumulation 
         o.InpaintSize = InpaintSize;
         return o;
     }
+}
+
+/// <summary>Where the scoring backbones come from (null ResNet18 path: the build's).</summary>
+public sealed record ScoringBackbones(string? ResNet18Path = null, DistanceKind Distance = DistanceKind.Resnet18Uniform, string? AlexNetPath = null,
+                                      string? LpipsPath = null);
+
+/// <summary>The dtype of a model's weights; the values are the engine's (<c>asd_dtype</c>).</summary>
+public enum ModelDtype { F32 = 0, F16 = 1, BF16 = 2 }
+
+/// <summary>Element types of tensors (<c>asd_dtype</c>); <see cref="Auto"/>: as stored.</summary>
+public enum TensorDtype { Auto = -1, F32 = 0, F16 = 1, BF16 = 2, I64 = 3, F64 = 4, I32 = 5, U8 = 6, Bool = 7, I8 = 8, I16 = 9 }
+
+/// <summary>Which exceptions are failures a user can act on (a file, a value, the engine's message) rather than bugs.</summary>
+public static class Failures
+{
+    /// <summary>True for the engine's errors and the library's input and I/O errors: a host reports their message in one line.</summary>
+    public static bool IsExpected(Exception e) => e is AsdException or DllNotFoundException or IOException or InvalidDataException
+        or AnomalySD.Data.ImageLoadException or KeyNotFoundException or ArgumentException or UnauthorizedAccessException or FormatException;
 }

@@ -23,9 +23,9 @@ public sealed class InpaintingModel : IDisposable
     }
 
     /// <summary>A preset architecture with random weights: "compact" or "sd2-inpainting" (timing only).</summary>
-    public static InpaintingModel CreatePreset(string name, ulong seed, string device = "cpu", AsdDtype dtype = AsdDtype.F32)
+    public static InpaintingModel CreatePreset(string name, ulong seed, string device = "cpu", ModelDtype dtype = ModelDtype.F32)
     {
-        AsdException.Check(NativeMethods.asd_model_create_preset(name, seed, device, dtype, out IntPtr p));
+        AsdException.Check(NativeMethods.asd_model_create_preset(name, seed, device, (AsdDtype)dtype, out IntPtr p));
         return new InpaintingModel(AsdHandle.Wrap<ModelHandle>(p));
     }
 
@@ -33,9 +33,9 @@ public sealed class InpaintingModel : IDisposable
     /// <exception cref="AsdIOException">missing files.</exception>
     /// <exception cref="AsdFormatException">corrupt files or mismatched shapes (key, expected and found shape in the message).</exception>
     /// <exception cref="AsdUnsupportedException">unsupported config values, another architecture or an incompatible checkpoint version.</exception>
-    public static InpaintingModel Load(string folder, string device = "cpu", AsdDtype dtype = AsdDtype.F32)
+    public static InpaintingModel Load(string folder, string device = "cpu", ModelDtype dtype = ModelDtype.F32)
     {
-        AsdException.Check(NativeMethods.asd_model_load(folder, device, dtype, out IntPtr p));
+        AsdException.Check(NativeMethods.asd_model_load(folder, device, (AsdDtype)dtype, out IntPtr p));
         return new InpaintingModel(AsdHandle.Wrap<ModelHandle>(p));
     }
 
@@ -148,6 +148,21 @@ public sealed class InpaintingModel : IDisposable
         fixed (float* px = x, pm = map)
             AsdException.Check(NativeMethods.asd_model_error_map(Handle, category, px, image.Height, image.Width, pm, map.Length, out _, out _));
         return ImagePacking.Maps(map, 1, (int)h, (int)w)[0];
+    }
+
+    /// <summary>The error maps E (eq. 14) of several images of one size against the bank of <paramref name="category"/>, in one native
+    /// call (the backbone runs once on the batch): each the map <see cref="ErrorMap"/> gives it alone.</summary>
+    public unsafe Map2D[] ErrorMaps(string category, IReadOnlyList<RgbImage> images)
+    {
+        if (images.Count == 0) return [];
+        int width = images[0].Width, height = images[0].Height;
+        if (images.Any(i => i.Width != width || i.Height != height)) throw new ArgumentException("a batch of error maps needs images of one size");
+        float[] x = ImagePacking.Signed(images, width, height);
+        int fh = (height + 7) / 8, fw = (width + 7) / 8;
+        var maps = new float[images.Count * fh * fw];
+        fixed (float* px = x, pm = maps)
+            AsdException.Check(NativeMethods.asd_model_error_maps(Handle, category, px, images.Count, height, width, pm, maps.Length));
+        return ImagePacking.Maps(maps, images.Count, fh, fw);
     }
 
     /// <summary>Inpaints <paramref name="image"/> under every mask (each in its window, see <see cref="InpaintOptions.WindowContext"/>)

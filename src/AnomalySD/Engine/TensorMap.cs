@@ -3,7 +3,7 @@ using AnomalySD.Native;
 namespace AnomalySD.Engine;
 
 /// <summary>Shape and element type of one tensor of a <see cref="TensorMap"/>.</summary>
-public sealed record TensorInfo(string Name, AsdDtype Dtype, long[] Shape)
+public sealed record TensorInfo(string Name, TensorDtype Dtype, long[] Shape)
 {
     public long ElementCount => Shape.Aggregate(1L, (a, b) => a * b);
 }
@@ -26,12 +26,12 @@ public sealed class TensorMap : IDisposable
     }
 
     /// <summary>Reads a safetensors file (validated before anything is allocated).
-    /// <paramref name="dtype"/>: <see cref="AsdDtype.Auto"/> keeps stored types; a floating type converts floating tensors.</summary>
+    /// <paramref name="dtype"/>: <see cref="TensorDtype.Auto"/> keeps stored types; a floating type converts floating tensors.</summary>
     /// <exception cref="AsdIOException">the file cannot be opened or read.</exception>
     /// <exception cref="AsdFormatException">the file is malformed; the message names the file and the problem.</exception>
-    public static TensorMap Load(string path, AsdDtype dtype = AsdDtype.Auto)
+    public static TensorMap Load(string path, TensorDtype dtype = TensorDtype.Auto)
     {
-        AsdException.Check(NativeMethods.asd_safetensors_load(path, dtype, out IntPtr p));
+        AsdException.Check(NativeMethods.asd_safetensors_load(path, (AsdDtype)dtype, out IntPtr p));
         return new TensorMap(AsdHandle.Wrap<TensorMapHandle>(p));
     }
 
@@ -65,7 +65,7 @@ public sealed class TensorMap : IDisposable
         fixed (long* s = shape)
         {
             AsdException.Check(NativeMethods.asd_tensor_map_info(_handle, name, out AsdDtype dtype, out _, s, ndim));
-            return new TensorInfo(name, dtype, shape);
+            return new TensorInfo(name, (TensorDtype)dtype, shape);
         }
     }
 
@@ -79,7 +79,7 @@ public sealed class TensorMap : IDisposable
     }
 
     /// <summary>Inserts or replaces a tensor from float32 values (row-major, prod(shape) elements), stored as <paramref name="dtype"/>.</summary>
-    public unsafe void SetFloat32(string name, ReadOnlySpan<float> data, ReadOnlySpan<long> shape, AsdDtype dtype = AsdDtype.F32)
+    public unsafe void SetFloat32(string name, ReadOnlySpan<float> data, ReadOnlySpan<long> shape, TensorDtype dtype = TensorDtype.F32)
     {
         long count = 1;
         foreach (long d in shape) count *= d;
@@ -87,7 +87,7 @@ public sealed class TensorMap : IDisposable
             throw new ArgumentException($"tensor '{name}': {data.Length} values for shape [{string.Join(", ", shape.ToArray())}] ({count} elements)");
         fixed (float* d = data)
         fixed (long* s = shape)
-            AsdException.Check(NativeMethods.asd_tensor_map_set_f32(_handle, name, d, s, shape.Length, dtype));
+            AsdException.Check(NativeMethods.asd_tensor_map_set_f32(_handle, name, d, s, shape.Length, (AsdDtype)dtype));
     }
 
     public void Dispose() => _handle.Dispose();

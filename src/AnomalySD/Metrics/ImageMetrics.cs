@@ -3,8 +3,8 @@ namespace AnomalySD.Metrics;
 /// <summary>
 /// Base of the image-level binary metrics, fed batch by batch (anomalib style): call
 /// <see cref="Update"/> once per batch, <see cref="Compute"/> at the end, <see cref="Reset"/> to reuse.
-/// Scores are kept in double precision (8 bytes + 1 byte label per image); <see cref="Compute"/> sorts
-/// a copy once (O(n log n)) and sweeps the distinct thresholds, so results are exact on ties.
+/// Scores are kept in double precision (8 bytes + 1 byte label per image); <see cref="Compute"/> builds the
+/// <see cref="BinaryCurve"/> of a copy once (O(n log n)) and sweeps its distinct thresholds, so results are exact on ties.
 /// </summary>
 public abstract class ImageScoreMetric
 {
@@ -47,25 +47,9 @@ public abstract class ImageScoreMetric
     /// <exception cref="InvalidOperationException">The metric is undefined for the accumulated labels.</exception>
     public double Compute()
     {
-        double[] keys = _scores.ToArray();
-        byte[] labels = _labels.ToArray();
-        long positives = 0;
-        foreach (byte l in labels) positives += l;
-        Array.Sort(keys, labels); // ascending; swept from the end (descending thresholds)
-
-        var acc = new BinaryCurveAccumulator(positives, labels.Length - positives);
-        int i = keys.Length - 1;
-        while (i >= 0)
-        {
-            double t = keys[i];
-            long dTp = 0, dFp = 0;
-            for (; i >= 0 && keys[i] == t; i--)
-            {
-                if (labels[i] == 1) dTp++;
-                else dFp++;
-            }
-            acc.Step(dTp, dFp);
-        }
+        var curve = BinaryCurve.FromSorted(_scores.ToArray(), _labels.ToArray());
+        var acc = new BinaryCurveAccumulator(curve.Positives, curve.Negatives);
+        curve.Sweep(acc);
         return Finish(acc);
     }
 

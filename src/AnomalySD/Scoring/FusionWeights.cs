@@ -1,5 +1,5 @@
 using System.Text.Json.Nodes;
-using AnomalySD.Pipeline;
+using AnomalySD.IO;
 
 namespace AnomalySD.Scoring;
 
@@ -97,37 +97,5 @@ public sealed record ScoreNormalization(double Min, double Threshold, double Max
         double min = j["min"].Double(), threshold = j["threshold"].Double(), max = j["max"].Double();
         return min < threshold && threshold < max ? new ScoreNormalization(min, threshold, max)
             : throw j.Error($"must have min < threshold < max, got {min.ToString("R", System.Globalization.CultureInfo.InvariantCulture)}, {threshold.ToString("R", System.Globalization.CultureInfo.InvariantCulture)}, {max.ToString("R", System.Globalization.CultureInfo.InvariantCulture)}");
-    }
-}
-
-/// <summary>F1-optimal decision thresholds.</summary>
-public static class F1Threshold
-{
-    /// <summary>
-    /// The threshold t maximising F1 of the decision "score ≥ t is anomalous" over (<paramref name="scores"/>, <paramref name="labels"/>),
-    /// placed halfway between the lowest score flagged and the highest score not flagged (so it generalises to unseen scores);
-    /// when every score is flagged, the lowest score itself. Ties of scores are decided together. Returns (t, F1).
-    /// </summary>
-    /// <exception cref="ArgumentException">no anomalous label, or mismatched lengths.</exception>
-    public static (double Threshold, double F1) Optimal(IReadOnlyList<double> scores, IReadOnlyList<bool> labels)
-    {
-        if (scores.Count != labels.Count) throw new ArgumentException("scores and labels differ in length");
-        int positives = labels.Count(l => l);
-        if (positives == 0) throw new ArgumentException("an F1-optimal threshold needs at least one anomalous sample");
-        var order = Enumerable.Range(0, scores.Count).OrderByDescending(i => scores[i]).ToArray();
-        double bestF1 = -1, bestT = scores[order[^1]];
-        int tp = 0, fp = 0;
-        for (int k = 0; k < order.Length; k++)
-        {
-            if (labels[order[k]]) tp++; else fp++;
-            if (k + 1 < order.Length && scores[order[k + 1]] == scores[order[k]]) continue;
-            double f1 = 2.0 * tp / (tp + fp + positives);
-            if (f1 > bestF1)
-            {
-                bestF1 = f1;
-                bestT = k + 1 < order.Length ? 0.5 * (scores[order[k]] + scores[order[k + 1]]) : scores[order[k]];
-            }
-        }
-        return (bestT, bestF1);
     }
 }

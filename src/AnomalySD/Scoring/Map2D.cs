@@ -59,6 +59,27 @@ public sealed class Map2D
         return m;
     }
 
+    /// <summary>Bilinear resize (align_corners = false, edge clamped), as torch.nn.functional.interpolate(mode="bilinear"): E to the analysis resolution, maps to the evaluation resolution.</summary>
+    public static Map2D ResizeBilinear(Map2D src, int height, int width)
+    {
+        var dst = new Map2D(height, width);
+        double sy = (double)src.Height / height, sx = (double)src.Width / width;
+        for (int y = 0; y < height; y++)
+        {
+            double fy = Math.Max(0, (y + 0.5) * sy - 0.5);
+            int y0 = Math.Min((int)fy, src.Height - 1), y1 = Math.Min(y0 + 1, src.Height - 1);
+            double wy = fy - y0;
+            for (int x = 0; x < width; x++)
+            {
+                double fx = Math.Max(0, (x + 0.5) * sx - 0.5);
+                int x0 = Math.Min((int)fx, src.Width - 1), x1 = Math.Min(x0 + 1, src.Width - 1);
+                double wx = fx - x0;
+                dst.Data[y * width + x] = (1 - wy) * ((1 - wx) * src[y0, x0] + wx * src[y0, x1]) + wy * ((1 - wx) * src[y1, x0] + wx * src[y1, x1]);
+            }
+        }
+        return dst;
+    }
+
     internal void RequireSameShape(Map2D other, string name)
     {
         if (other.Height != Height || other.Width != Width)

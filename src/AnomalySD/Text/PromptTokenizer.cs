@@ -39,18 +39,11 @@ public sealed class HashPromptTokenizer : IPromptTokenizer
             foreach (var (offset, length) in ClipPreTokenizer.Split(text))
             {
                 if (ids.Count == MaxLength - 1) break;
-                ids.Add(1 + (long)(Fnv1a(text.Substring(offset, length)) % 49405UL));
+                ids.Add(1 + (long)(IO.StableHash.Fnv1a64Chars(text.Substring(offset, length)) % 49405UL));
             }
             ids.Add(Eos);
             for (int i = 0; i < MaxLength; i++) rows[p * MaxLength + i] = i < ids.Count ? ids[i] : Eos;
         }
         return rows;
-    }
-
-    private static ulong Fnv1a(string s)
-    {
-        ulong h = 14695981039346656037UL;
-        foreach (char ch in s) { h ^= ch; h *= 1099511628211UL; }
-        return h;
     }
 }

@@ -3,39 +3,7 @@ using AnomalySD.Engine;
 using AnomalySD.Masks;
 using AnomalySD.Scoring;
 
-namespace AnomalySD.Pipeline;
-
-/// <summary>Which inpainting masks score an image (paper section 4.2 and Table 5).</summary>
-public enum MaskStrategy
-{
-    /// <summary>Multi-scale grid masks + the prototype-guided mask (the paper's method).</summary>
-    Full,
-    /// <summary>Multi-scale grid masks only (used when no prototype bank exists, e.g. 0 shots).</summary>
-    MultiScale,
-    /// <summary>Baseline without inpainting: the prototype error map E (eq. 14) upsampled is the anomaly map (PatchCore-like).</summary>
-    Prototype,
-}
-
-/// <summary>Scoring options (section 4.3 defaults).</summary>
-/// <param name="Scales">Grid scales K (paper: 1, 2, 4, 8 = 85 masks).</param>
-/// <param name="Alpha">α of eq. 21 (paper: 0.1), used for categories without a calibration.</param>
-/// <param name="Sigma">Gaussian blur σ of the final map, in pixels of the analysis resolution (paper: 4).</param>
-/// <param name="Calibration">Per-category calibration (fusion weights, map scales, thresholds); categories without one use eq. 21.</param>
-public sealed record DetectorOptions(MaskStrategy Masks = MaskStrategy.Full, IReadOnlyList<int>? Scales = null, double Alpha = ScoreFusion.DefaultAlpha,
-                                     double Sigma = ScoreFusion.DefaultSigma, InpaintOptions? Inpaint = null,
-                                     IReadOnlyDictionary<string, CategoryCalibration>? Calibration = null)
-{
-    /// <summary>The fusion weights and map scales that score <paramref name="category"/>.</summary>
-    public (FusionWeights Weights, MapScales Scales) FusionFor(string category) => Masks switch
-    {
-        MaskStrategy.Prototype => (FusionWeights.ErrorMapOnly, MapScales.Raw),
-        _ when Calibration?.GetValueOrDefault(category) is { } c => Masks == MaskStrategy.MultiScale && c.Weights.Prototype > 0
-            ? (new FusionWeights(c.Weights.MultiScale + c.Weights.Prototype, 0, c.Weights.ErrorMap), c.Scales)
-            : (c.Weights, c.Scales),
-        MaskStrategy.MultiScale => (new FusionWeights(1, 0, 0), MapScales.Raw),
-        _ => (FusionWeights.Paper(Alpha), MapScales.Raw),
-    };
-}
+namespace AnomalySD.Detection;
 
 /// <summary>The score of one image: maps at the analysis resolution and the image score (max of the smoothed map).</summary>
 /// <param name="Restored">With <c>restored: true</c>: the inpainting (pasted, RGB in [0, 1]) of the mask whose distance inside it
@@ -52,7 +20,9 @@ public sealed record ScoreComponents(Map2D? MultiScale, Map2D? Prototype, Map2D?
 /// S^(k) (eq. 18), S_ms (eq. 19), S_pg (eq. 20), the fused map (eq. 21, or calibrated <see cref="FusionWeights"/>), Gaussian
 /// blur, max. A category whose weights give the inpainting terms no weight is scored from E alone, without UNet work.
 /// </summary>
-public sealed class AnomalyDetector(InpaintingModel model, DetectorOptions options)
+/// <remarks>The pure model of the method (anomalib's <c>torch_model.py</c>): images in, maps and scores out on the raw scale. Loading,
+/// the decision rule and orchestration live in <see cref="Detector"/>, <see cref="PostProcessor"/> and the evaluation.</remarks>
+public sealed class AnomalyModel(InpaintingModel model, DetectorOptions options)
 {
     public DetectorOptions Options { get; } = options;
 
@@ -72,12 +42,25 @@ public sealed class AnomalyDetector(InpaintingModel model, DetectorOptions optio
     /// <summary>Scores <paramref name="image"/> (RGB in [0, 1] at the analysis resolution) of <paramref name="category"/>.
     /// <paramref name="noiseStrength"/> overrides the inpaint options' λ (per-category λ). <paramref name="restored"/>: also return
     /// the inpainting of the highest-scoring mask (for pictures).</summary>
-    public ImageScore Score(string category, RgbImage image, double? noiseStrength = null, bool restored = false)
+    public ImageScore Score(string category, RgbImage image, double? noiseStrength = null, bool restored = false) =>
+        Score(category, [image], noiseStrength, restored)[0];
+
+    /// <summary>Scores a batch of images of one size (<see cref="Score(string, RgbImage, double?, bool)"/> each). A category scored from E
+    /// alone computes the batch's error maps in one native call (the backbone runs once on the batch); inpainting runs image by image.</summary>
+    public IReadOnlyList<ImageScore> Score(string category, IReadOnlyList<RgbImage> images, double? noiseStrength = null, bool restored = false)
     {
         var (weights, scales) = Options.FusionFor(category);
-        var c = Components(category, image, noiseStrength, weights.UsesInpainting, weights.ErrorMap > 0, restored, multiScale: weights.MultiScale > 0);
-        var smoothed = GaussianSmoothing.Blur(ScoreFusion.Weighted(c.MultiScale, c.Prototype, c.ErrorMap, weights, scales, image.Height, image.Width), Options.Sigma);
-        return new ImageScore(smoothed, smoothed.Max(), c.RawErrorMap, c.PrototypeMask, c.Restored);
+        bool batchedErrorMaps = !weights.UsesInpainting && weights.ErrorMap > 0 && images.Count > 1 && images.All(i => i.Width == images[0].Width && i.Height == images[0].Height);
+        var errors = batchedErrorMaps ? model.ErrorMaps(category, images) : null;
+        var scores = new ImageScore[images.Count];
+        for (int k = 0; k < images.Count; k++)
+        {
+            var image = images[k];
+            var c = Components(category, image, noiseStrength, weights.UsesInpainting, weights.ErrorMap > 0, restored, multiScale: weights.MultiScale > 0, errors?[k]);
+            var smoothed = GaussianSmoothing.Blur(ScoreFusion.Weighted(c.MultiScale, c.Prototype, c.ErrorMap, weights, scales, image.Height, image.Width), Options.Sigma);
+            scores[k] = new ImageScore(smoothed, smoothed.Max(), c.RawErrorMap, c.PrototypeMask, c.Restored);
+        }
+        return scores;
     }
 
     /// <summary>The maps that <see cref="Score"/> fuses (for calibration, which fuses them under many weights).</summary>
@@ -85,8 +68,9 @@ public sealed class AnomalyDetector(InpaintingModel model, DetectorOptions optio
     /// <param name="errorMap">Return the upsampled E.</param>
     /// <param name="multiScale">Inpaint the grid masks for S_ms. False (a calibrated weight of 0 on S_ms) inpaints the prototype mask
     /// alone, with the noise it has among the grid masks (seed + its index), and returns no S_ms: 1 mask of UNet work instead of 86.</param>
+    /// <param name="computedErrorMap">E of this image when already computed (a batch's), else null.</param>
     public ScoreComponents Components(string category, RgbImage image, double? noiseStrength, bool inpainting, bool errorMap, bool restored = false,
-                                      bool multiScale = true)
+                                      bool multiScale = true, Map2D? computedErrorMap = null)
     {
         int h = image.Height, w = image.Width;
         var inpaint = Options.Inpaint ?? new InpaintOptions();
@@ -97,8 +81,8 @@ public sealed class AnomalyDetector(InpaintingModel model, DetectorOptions optio
         BinaryMask? prototypeMask = null;
         if (prototypeTerm || errorMap)
         {
-            errors = model.ErrorMap(category, image);
-            if (errorMap) upsampled = Bilinear(errors, h, w);
+            errors = computedErrorMap ?? model.ErrorMap(category, image);
+            if (errorMap) upsampled = Map2D.ResizeBilinear(errors, h, w);
             if (prototypeTerm)
             {
                 double r = PrototypeThreshold.Select(errors);
@@ -146,25 +130,4 @@ public sealed class AnomalyDetector(InpaintingModel model, DetectorOptions optio
     }
 
     private static Map2D ToMap(BinaryMask m) => new(m.Height, m.Width, Array.ConvertAll(m.Data, v => (double)v));
-
-    /// <summary>Bilinear resize (align_corners = false, edge clamped), for the E-only baseline.</summary>
-    public static Map2D Bilinear(Map2D src, int height, int width)
-    {
-        var dst = new Map2D(height, width);
-        double sy = (double)src.Height / height, sx = (double)src.Width / width;
-        for (int y = 0; y < height; y++)
-        {
-            double fy = Math.Max(0, (y + 0.5) * sy - 0.5);
-            int y0 = Math.Min((int)fy, src.Height - 1), y1 = Math.Min(y0 + 1, src.Height - 1);
-            double wy = fy - y0;
-            for (int x = 0; x < width; x++)
-            {
-                double fx = Math.Max(0, (x + 0.5) * sx - 0.5);
-                int x0 = Math.Min((int)fx, src.Width - 1), x1 = Math.Min(x0 + 1, src.Width - 1);
-                double wx = fx - x0;
-                dst.Data[y * width + x] = (1 - wy) * ((1 - wx) * src[y0, x0] + wx * src[y0, x1]) + wy * ((1 - wx) * src[y1, x0] + wx * src[y1, x1]);
-            }
-        }
-        return dst;
-    }
 }

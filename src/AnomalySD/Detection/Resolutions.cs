@@ -1,6 +1,6 @@
 using System.Globalization;
 
-namespace AnomalySD.Pipeline;
+namespace AnomalySD.Detection;
 
 /// <summary>
 /// The context margin of an inpainting window (multi-resolution scoring): each mask is inpainted inside a square window,

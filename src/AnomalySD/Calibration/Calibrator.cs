@@ -1,220 +1,10 @@
-using System.Globalization;
-using System.Text.Json.Nodes;
 using AnomalySD.Data;
-using AnomalySD.Engine;
+using AnomalySD.Detection;
 using AnomalySD.Metrics;
-using AnomalySD.Prompts;
 using AnomalySD.Scoring;
 using Microsoft.Extensions.Logging;
 
-namespace AnomalySD.Pipeline;
-
-/// <summary>Options of the calibration made at fit time from the shots alone (no test image is ever read).</summary>
-/// <param name="Normals">Augmented copies of the shots per category.</param>
-/// <param name="Defectives">Copies with a synthetic defect per category (exact masks).</param>
-/// <param name="Lambdas">The λ grid (noise strength, eq. 11); null = <see cref="DefaultLambdas"/>.</param>
-/// <param name="WeightStep">Step of the simplex grid of <see cref="FusionWeights"/> (0.1: 66 points).</param>
-/// <param name="Seed">Seed of the augmentations and defects.</param>
-/// <param name="Scales">Grid scales calibration scores with (null = 1, 2, 4, 8, as scoring).</param>
-/// <param name="NumInferenceSteps">DDIM schedule length calibration scores with (the paper's 50, as scoring).</param>
-/// <param name="Resamples">Bootstrap resamples of the one-standard-error rule (<see cref="Calibrator"/>); 0 = off, the best objective wins.</param>
-/// <remarks>The defaults keep calibration within 10 minutes of a 2-core fit of two compact categories (measured: 942 s with 3 + 4
-/// images and λ ∈ {0.3, 0.4, 0.5}, about 21 s per image per λ). The default grid stops at the paper's λ = 0.4 so that a calibrated
-/// model never runs more denoising steps per mask than the paper's setting; pass 0.5 in <see cref="Lambdas"/> to search above it.</remarks>
-public sealed record CalibrationOptions(int Normals = 3, int Defectives = 3, IReadOnlyList<double>? Lambdas = null, double WeightStep = 0.1, int Seed = 0,
-                                        IReadOnlyList<int>? Scales = null, int NumInferenceSteps = 50, int Resamples = Calibrator.DefaultResamples)
-{
-    public static readonly IReadOnlyList<double> DefaultLambdas = [0.3, 0.4];
-    public IReadOnlyList<double> ResolvedLambdas => Lambdas ?? DefaultLambdas;
-
-    /// <exception cref="ArgumentException">a size, λ, step or resample count out of range, naming it.</exception>
-    public void Validate()
-    {
-        if (NumInferenceSteps < 1) throw new ArgumentException($"calibration needs num_inference_steps >= 1, got {NumInferenceSteps}");
-        foreach (double l in ResolvedLambdas)
-            if ((int)(NumInferenceSteps * l) < 1) throw new ArgumentException($"calibration λ {l} of {NumInferenceSteps} steps leaves 0 denoising steps");
-        if (Resamples is < 0 or 1) throw new ArgumentException($"calibration bootstrap resamples must be 0 (off) or >= 2, got {Resamples}");
-        if (Normals < 1 || Defectives < 1) throw new ArgumentException($"calibration needs at least 1 normal and 1 defective image per category, got {Normals} and {Defectives}");
-        if (ResolvedLambdas.Count == 0 || ResolvedLambdas.Any(l => !(l > 0 && l <= 1)))
-            throw new ArgumentException($"calibration λ values must be in (0, 1], got {string.Join(",", ResolvedLambdas)}");
-        _ = FusionWeights.SimplexGrid(WeightStep);
-    }
-}
-
-/// <summary>One calibration image at the analysis resolution: a normal (<see cref="Mask"/> null) or a defective with its exact mask.</summary>
-public sealed record CalibrationSample(RgbImage Image, BinaryMask? Mask, string Kind)
-{
-    public bool IsAnomalous => Mask is not null;
-}
-
-/// <summary>What calibration chose for one category, and how well it did on its calibration set.</summary>
-/// <param name="NoiseStrength">The chosen λ.</param>
-/// <param name="Weights">The chosen fusion weights (on maps divided by <paramref name="Scales"/>).</param>
-/// <param name="Scales">σ_ms, σ_pg, σ_E: the standard deviation of each map over the calibration normals' pixels (at the chosen λ).</param>
-/// <param name="Normalization">Raw image score → [0, 1] with the F1-optimal image threshold at 0.5.</param>
-/// <param name="PixelThreshold">The F1-optimal pixel threshold of the smoothed map (raw scale), for the predicted region.</param>
-/// <param name="ImageAuroc">Image AUROC on the calibration set at the choice.</param>
-/// <param name="PixelAuroc">Pixel AUROC on the calibration set at the choice.</param>
-/// <param name="Normals">Calibration normals used.</param>
-/// <param name="Defectives">Calibration defectives used.</param>
-public sealed record CategoryCalibration(double NoiseStrength, FusionWeights Weights, MapScales Scales, ScoreNormalization Normalization, double PixelThreshold,
-                                         double ImageAuroc, double PixelAuroc, int Normals, int Defectives)
-{
-    public double Objective => (ImageAuroc + PixelAuroc) / 2;
-
-    public JsonObject ToJson() => new()
-    {
-        ["noise_strength"] = NoiseStrength, ["weights"] = Weights.ToJson(), ["scales"] = Scales.ToJson(), ["normalization"] = Normalization.ToJson(),
-        ["pixel_threshold"] = PixelThreshold, ["image_auroc"] = ImageAuroc, ["pixel_auroc"] = PixelAuroc, ["normals"] = Normals, ["defectives"] = Defectives,
-    };
-
-    /// <exception cref="InvalidDataException">a value missing, of the wrong type or out of range (naming the file and key).</exception>
-    public static CategoryCalibration FromJson(JsonInput j)
-    {
-        double lambda = j["noise_strength"].Double();
-        j["noise_strength"].Checked(lambda, OptionRules.NoiseStrength(lambda));
-        return new CategoryCalibration(lambda, FusionWeights.FromJson(j["weights"]), MapScales.FromJson(j["scales"]),
-            ScoreNormalization.FromJson(j["normalization"]), j["pixel_threshold"].Double(), j["image_auroc"].Double(0, 1),
-            j["pixel_auroc"].Double(0, 1), j["normals"].Int(0), j["defectives"].Int(0));
-    }
-
-    public override string ToString() => string.Create(CultureInfo.InvariantCulture,
-        $"λ {NoiseStrength:0.##}, {Weights}; calibration image AUROC {ImageAuroc:F3}, pixel AUROC {PixelAuroc:F3}; threshold {Normalization.Threshold:G4}");
-}
-
-/// <summary>
-/// The calibration set of one category, made from its shots only (paper's conclusion: "reduce the reliance on manually set
-/// prior information"). Normals are augmented copies of the shots: a small shift (up to 3 % of the side, edges replicated),
-/// brightness ±0.04 and contrast ±6 %, and for textures (and objects marked rotation invariant) a random flip and a rotation
-/// by a multiple of 90°. Defectives are further augmented copies with one synthetic defect each and its exact mask, the kinds in
-/// turn: a scratch, a hole, a stain (<see cref="DefectPainter"/>, in a colour that contrasts with the local mean), a cut-paste
-/// patch (from elsewhere in the image, or from another category's shot when one is given, brightness-jittered) and a noise
-/// blob. Defects are centred on the foreground. Deterministic for a seed.
-/// </summary>
-public static class CalibrationSet
-{
-    public static readonly string[] DefectKinds = ["scratch", "hole", "stain", "cutpaste", "noise"];
-
-    public static IReadOnlyList<CalibrationSample> Build(IReadOnlyList<RgbImage> shots, IReadOnlyList<BinaryMask> foregrounds, bool rotations,
-                                                         IReadOnlyList<RgbImage> otherCategories, int normals, int defectives, int seed)
-    {
-        if (shots.Count == 0) throw new ArgumentException("calibration needs at least one shot");
-        var rng = new Random(seed);
-        var samples = new List<CalibrationSample>();
-        for (int i = 0; i < normals + defectives; i++)
-        {
-            int k = i % shots.Count;
-            var (img, fg) = Augment(shots[k], foregrounds[k], rotations, rng);
-            if (i < normals)
-            {
-                samples.Add(new CalibrationSample(FromPlanar(img), null, "normal"));
-                continue;
-            }
-            string kind = DefectKinds[(i - normals) % DefectKinds.Length];
-            var mask = PaintDefect(kind, img, fg, otherCategories, rng);
-            samples.Add(new CalibrationSample(FromPlanar(img), mask, kind));
-        }
-        return samples;
-    }
-
-    /// <summary>Paints one defect of <paramref name="kind"/> into <paramref name="img"/> ([3, H, W], in place) and returns its mask.</summary>
-    public static BinaryMask PaintDefect(string kind, float[,,] img, bool[,] foreground, IReadOnlyList<RgbImage> others, Random rng)
-    {
-        int h = img.GetLength(1), w = img.GetLength(2);
-        var (cy, cx) = ForegroundPoint(foreground, rng);
-        double side = Math.Min(h, w);
-        var mask = new float[h, w];
-        switch (kind)
-        {
-            case "scratch": DefectPainter.Scratch(img, mask, cx, cy, side, rng.NextDouble() * Math.PI, Contrasting(img, cy, cx, rng)); break;
-            case "hole": DefectPainter.Hole(img, mask, cx, cy, side * (0.025 + 0.025 * rng.NextDouble()), Contrasting(img, cy, cx, rng)); break;
-            case "stain": DefectPainter.Stain(img, mask, cx, cy, side * (0.04 + 0.04 * rng.NextDouble()), Contrasting(img, cy, cx, rng)); break;
-            case "cutpaste":
-            {
-                int patch = Math.Max(4, (int)(side * (0.06 + 0.06 * rng.NextDouble())));
-                bool foreign = others.Count > 0 && rng.NextDouble() < 0.5;
-                float[,,] source = foreign ? ToPlanar(others[rng.Next(others.Count)], h, w) : (float[,,])img.Clone();
-                int sy = rng.Next(0, Math.Max(1, h - patch)), sx = rng.Next(0, Math.Max(1, w - patch));
-                float gain = (float)(rng.NextDouble() < 0.5 ? 0.6 + 0.2 * rng.NextDouble() : 1.25 + 0.25 * rng.NextDouble());
-                DefectPainter.CutPaste(img, mask, source, sy, sx, (int)cy - patch / 2, (int)cx - patch / 2, patch, gain);
-                break;
-            }
-            case "noise": DefectPainter.NoiseBlob(img, mask, cx, cy, side * (0.03 + 0.03 * rng.NextDouble()), 0.25, rng); break;
-            default: throw new ArgumentException($"unknown defect kind '{kind}' (known: {string.Join(", ", DefectKinds)})");
-        }
-        var data = new byte[h * w];
-        for (int y = 0; y < h; y++) for (int x = 0; x < w; x++) data[y * w + x] = mask[y, x] > 0 ? (byte)1 : (byte)0;
-        return new BinaryMask(w, h, data);
-    }
-
-    private static (float[,,] Image, bool[,] Foreground) Augment(RgbImage shot, BinaryMask foreground, bool rotations, Random rng)
-    {
-        int h = shot.Height, w = shot.Width;
-        int rot = rotations && h == w ? rng.Next(4) : 0;
-        bool flip = rotations && rng.Next(2) == 1;
-        int dy = (int)Math.Round((rng.NextDouble() * 2 - 1) * 0.03 * h), dx = (int)Math.Round((rng.NextDouble() * 2 - 1) * 0.03 * w);
-        float gain = (float)(1 + (rng.NextDouble() * 2 - 1) * 0.06), shift = (float)((rng.NextDouble() * 2 - 1) * 0.04);
-        var img = new float[3, h, w];
-        var fg = new bool[h, w];
-        double mean = shot.Data.Average();
-        for (int y = 0; y < h; y++)
-        for (int x = 0; x < w; x++)
-        {
-            // Output (y, x) reads the shot at the inverse transform: un-shift, un-rotate, un-flip (edges replicated).
-            int sy = Math.Clamp(y - dy, 0, h - 1), sx = Math.Clamp(x - dx, 0, w - 1);
-            for (int r = 0; r < rot; r++) (sy, sx) = (sx, w - 1 - sy); // inverse of a 90° counter-clockwise turn
-            if (flip) sx = w - 1 - sx;
-            for (int c = 0; c < 3; c++)
-                img[c, y, x] = Math.Clamp((float)((shot[c, sy, sx] - mean) * gain + mean) + shift, 0f, 1f);
-            fg[y, x] = foreground[sy, sx] != 0;
-        }
-        return (img, fg);
-    }
-
-    private static (double Y, double X) ForegroundPoint(bool[,] fg, Random rng)
-    {
-        int h = fg.GetLength(0), w = fg.GetLength(1);
-        // Away from the border (8 %) so the defect lies inside the image; any point if the foreground offers none there.
-        int my = h * 8 / 100, mx = w * 8 / 100;
-        var points = new List<(int, int)>();
-        for (int y = my; y < h - my; y++) for (int x = mx; x < w - mx; x++) if (fg[y, x]) points.Add((y, x));
-        if (points.Count == 0) return (my + rng.NextDouble() * (h - 2 * my), mx + rng.NextDouble() * (w - 2 * mx));
-        var (py, px) = points[rng.Next(points.Count)];
-        return (py + 0.5, px + 0.5);
-    }
-
-    /// <summary>A colour far from the local mean (dark on bright, bright on dark), with a random hue.</summary>
-    private static (float, float, float) Contrasting(float[,,] img, double cy, double cx, Random rng)
-    {
-        int h = img.GetLength(1), w = img.GetLength(2);
-        double sum = 0;
-        int n = 0;
-        for (int y = Math.Max(0, (int)cy - 4); y < Math.Min(h, (int)cy + 5); y++)
-        for (int x = Math.Max(0, (int)cx - 4); x < Math.Min(w, (int)cx + 5); x++) { sum += (img[0, y, x] + img[1, y, x] + img[2, y, x]) / 3; n++; }
-        double local = n > 0 ? sum / n : 0.5;
-        double level = local > 0.5 ? 0.05 + 0.15 * rng.NextDouble() : 0.8 + 0.15 * rng.NextDouble();
-        float Tint() => (float)Math.Clamp(level + (rng.NextDouble() - 0.5) * 0.2, 0, 1);
-        return (Tint(), Tint(), Tint());
-    }
-
-    private static float[,,] ToPlanar(RgbImage image, int h, int w)
-    {
-        var p = new float[3, h, w];
-        for (int c = 0; c < 3; c++)
-        for (int y = 0; y < h; y++)
-        for (int x = 0; x < w; x++)
-            p[c, y, x] = image[c, y * image.Height / h, x * image.Width / w];
-        return p;
-    }
-
-    private static RgbImage FromPlanar(float[,,] img)
-    {
-        int h = img.GetLength(1), w = img.GetLength(2);
-        var data = new float[3 * h * w];
-        for (int c = 0; c < 3; c++) for (int y = 0; y < h; y++) for (int x = 0; x < w; x++) data[(c * h + y) * w + x] = img[c, y, x];
-        return new RgbImage(w, h, data);
-    }
-}
+namespace AnomalySD.Calibration;
 
 /// <summary>The three maps of one calibration image at one λ, already Gaussian-smoothed (smoothing is linear, so the smoothed
 /// fusion is the fusion of the smoothed maps), with the image's ground truth.</summary>
@@ -247,7 +37,7 @@ public static class Calibrator
     /// <summary>Bootstrap resamples of the one-standard-error rule (0 turns the rule off: the best objective wins).</summary>
     public const int DefaultResamples = 200;
 
-    public static CategoryCalibration Calibrate(AnomalyDetector detector, string category, IReadOnlyList<CalibrationSample> samples, CalibrationOptions options,
+    public static CategoryCalibration Calibrate(AnomalyModel detector, string category, IReadOnlyList<CalibrationSample> samples, CalibrationOptions options,
                                                 ILogger log, double paperLambda = 0.4)
     {
         options.Validate();
@@ -460,7 +250,7 @@ public static class Calibrator
         var fused = c.Maps.Select(m => Fuse(m, c.Weights, c.Scales)).ToList();
         var scores = fused.Select(f => f.Max()).ToList();
         var labels = samples.Select(s => s.IsAnomalous).ToList();
-        var (threshold, _) = F1Threshold.Optimal(scores, labels);
+        var (threshold, _) = BinaryCurve.From(scores, labels).F1OptimalThreshold();
         double min = scores.Min(), max = scores.Max();
         // A degenerate set (all scores equal, or the threshold on an end) still gets a valid, monotonic normalisation.
         if (!(min < threshold)) min = threshold - Math.Max(1e-12, Math.Abs(threshold) * 1e-6);
@@ -473,12 +263,12 @@ public static class Calibrator
             pixelScores.Add(fused[i].Data[p]);
             pixelLabels.Add(c.Maps[i].Mask is { } mk && mk.Data[p] != 0);
         }
-        double pixelThreshold = pixelLabels.Any(l => l) ? F1Threshold.Optimal(pixelScores, pixelLabels).Threshold : threshold;
+        double pixelThreshold = pixelLabels.Any(l => l) ? BinaryCurve.From(pixelScores, pixelLabels).F1OptimalThreshold().Threshold : threshold;
         return new CategoryCalibration(c.Lambda, c.Weights, c.Scales, ScoreNormalization.Create(min, threshold, max), pixelThreshold, ia, pa,
                                        samples.Count(s => !s.IsAnomalous), samples.Count(s => s.IsAnomalous));
     }
 
-    private static Map2D? Smooth(Map2D? m, AnomalyDetector d) => m is null ? null : GaussianSmoothing.Blur(m, d.Options.Sigma);
+    private static Map2D? Smooth(Map2D? m, AnomalyModel d) => m is null ? null : GaussianSmoothing.Blur(m, d.Options.Sigma);
 
     private static double Safe(Func<double> f)
     {

@@ -1,7 +1,7 @@
 using AnomalySD.Data;
 using AnomalySD.Engine;
 
-namespace AnomalySD.Pipeline;
+namespace AnomalySD.Evaluation;
 
 /// <summary>Masked-region errors of one restoration check.</summary>
 /// <param name="InpaintMse">Mean over masked pixels (and channels, RGB in [0, 1]) of (inpainting − original)².</param>

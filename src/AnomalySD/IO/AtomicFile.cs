@@ -1,4 +1,5 @@
-namespace AnomalySD.Pipeline;
+
+namespace AnomalySD.IO;
 
 /// <summary>Writes files so that a failure (a full disk, a crash) never leaves a half-written one: the content goes to a
 /// temporary sibling, which is renamed over the target only once complete; on failure the temporary file is removed and

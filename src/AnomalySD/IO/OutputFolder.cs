@@ -1,6 +1,8 @@
+using System.Text.Json;
 using System.Text.Json.Nodes;
+using AnomalySD.Checkpoints;
 
-namespace AnomalySD.Pipeline;
+namespace AnomalySD.IO;
 
 /// <summary>What a verb writes into its output folder. A folder that is not empty is only ever written into when it already
 /// holds the same kind of output (<see cref="OutputFolder.Open"/>).</summary>

@@ -2,7 +2,7 @@ using System.Globalization;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 
-namespace AnomalySD.Pipeline;
+namespace AnomalySD.IO;
 
 /// <summary>
 /// A value of a JSON file that is read as input (a checkpoint's <c>anomalysd.json</c>, a shard's manifest, a line of

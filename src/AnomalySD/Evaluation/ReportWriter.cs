@@ -2,90 +2,16 @@ using System.Globalization;
 using System.Text;
 using System.Text.Json;
 using System.Text.Json.Nodes;
+using AnomalySD.Calibration;
 using AnomalySD.Data;
+using AnomalySD.IO;
+using AnomalySD.Metrics;
 using AnomalySD.Scoring;
+using AnomalySD.Visualization;
 using SixLabors.ImageSharp;
-using SixLabors.ImageSharp.PixelFormats;
 using SixLabors.ImageSharp.Processing;
 
-namespace AnomalySD.Pipeline;
-
-/// <summary>Visualisation helpers: pure functions from maps to pixels.</summary>
-public static class Visuals
-{
-    /// <summary>A jet-like colormap of t in [0, 1] (blue → cyan → yellow → red).</summary>
-    public static Rgb24 Colormap(double t)
-    {
-        t = Math.Clamp(t, 0, 1);
-        double r = Math.Clamp(1.5 - Math.Abs(4 * t - 3), 0, 1), g = Math.Clamp(1.5 - Math.Abs(4 * t - 2), 0, 1), b = Math.Clamp(1.5 - Math.Abs(4 * t - 1), 0, 1);
-        return new Rgb24((byte)(255 * r), (byte)(255 * g), (byte)(255 * b));
-    }
-
-    /// <summary>Pixels between the tiles of a <see cref="Panel"/>.</summary>
-    public const int PanelGap = 4;
-
-    /// <summary>
-    /// A case as a strip of five tiles of the image's size, left to right (as anomalib's visualiser and the paper's Fig. 3):
-    /// <list type="number">
-    /// <item>the image;</item>
-    /// <item>the anomaly map on a fixed scale (<paramref name="normalized"/>, values in [0, 1], 0.5 = the calibrated threshold)
-    /// blended over the image, more opaque where the score is higher, so the product stays visible;</item>
-    /// <item>the predicted region (<paramref name="predicted"/>: the map at the calibrated pixel threshold) in red over the image
-    /// (the image alone when null);</item>
-    /// <item>the ground-truth contour in green over the image (the image alone when there is no mask);</item>
-    /// <item>the inpainted "normal" image of the mask that scored highest (grey when there is none).</item>
-    /// </list>
-    /// Tile k starts at x = k · (width + <see cref="PanelGap"/>); the gaps are black.
-    /// </summary>
-    public static Image<Rgb24> Panel(RgbImage image, Map2D normalized, BinaryMask? predicted, BinaryMask? groundTruth, RgbImage? restored)
-    {
-        int w = image.Width, h = image.Height;
-        var panel = new Image<Rgb24>(5 * w + 4 * PanelGap, h, new Rgb24(0, 0, 0));
-        byte B(float v) => (byte)Math.Clamp(v * 255 + 0.5f, 0, 255);
-        Rgb24 Pixel(RgbImage im, int y, int x) => new(B(im[0, y, x]), B(im[1, y, x]), B(im[2, y, x]));
-        static Rgb24 Mix(Rgb24 a, Rgb24 b, double t) =>
-            new((byte)(a.R * (1 - t) + b.R * t), (byte)(a.G * (1 - t) + b.G * t), (byte)(a.B * (1 - t) + b.B * t));
-        for (int y = 0; y < h; y++)
-        for (int x = 0; x < w; x++)
-        {
-            var px = Pixel(image, y, x);
-            double n = Math.Clamp(normalized[y, x], 0, 1);
-            panel[x, y] = px;
-            panel[(w + PanelGap) + x, y] = Mix(px, Colormap(n), 0.25 + 0.5 * n);
-            panel[2 * (w + PanelGap) + x, y] = predicted is not null && predicted[y, x] != 0 ? Mix(px, new Rgb24(255, 0, 0), 0.6) : px;
-            panel[3 * (w + PanelGap) + x, y] = groundTruth is not null && IsContour(groundTruth, y, x) ? new Rgb24(0, 255, 0) : px;
-            panel[4 * (w + PanelGap) + x, y] = restored is not null ? Pixel(restored, y, x) : new Rgb24(128, 128, 128);
-        }
-        return panel;
-    }
-
-    /// <summary>Whether (y, x) is a marked pixel of <paramref name="mask"/> with an unmarked 4-neighbour (or on the border).</summary>
-    public static bool IsContour(BinaryMask mask, int y, int x) =>
-        mask[y, x] != 0 && (x == 0 || y == 0 || x == mask.Width - 1 || y == mask.Height - 1 ||
-                            mask[y, x - 1] == 0 || mask[y, x + 1] == 0 || mask[y - 1, x] == 0 || mask[y + 1, x] == 0);
-
-    /// <summary>The pixels of <paramref name="map"/> at or above <paramref name="threshold"/>.</summary>
-    public static BinaryMask Region(Map2D map, double threshold) =>
-        new(map.Width, map.Height, Array.ConvertAll(map.Data, v => v >= threshold ? (byte)1 : (byte)0));
-
-    /// <summary>ROC points (FPR, TPR) over all distinct thresholds, ties grouped; starts at (0, 0), ends at (1, 1).</summary>
-    public static (double[] Fpr, double[] Tpr) RocCurve(IReadOnlyList<double> scores, IReadOnlyList<bool> labels)
-    {
-        var order = Enumerable.Range(0, scores.Count).OrderByDescending(i => scores[i]).ToArray();
-        int pos = labels.Count(l => l), neg = labels.Count - pos;
-        var fpr = new List<double> { 0 };
-        var tpr = new List<double> { 0 };
-        int tp = 0, fp = 0;
-        for (int k = 0; k < order.Length; k++)
-        {
-            if (labels[order[k]]) tp++; else fp++;
-            if (k + 1 < order.Length && scores[order[k + 1]] == scores[order[k]]) continue;
-            fpr.Add(neg == 0 ? 0 : fp / (double)neg);
-            tpr.Add(pos == 0 ? 0 : tp / (double)pos);
-        }
-        return (fpr.ToArray(), tpr.ToArray());
-    }
-}
+namespace AnomalySD.Evaluation;
 
 /// <summary>Writes results.json, report.md, ROC curve PNGs and heatmap overlays of the best and worst cases.</summary>
 public static class ReportWriter
@@ -197,7 +123,7 @@ public static class ReportWriter
 
     private static void PlotRoc(string path, string category, IReadOnlyList<ScoredSample> images)
     {
-        var (fpr, tpr) = Visuals.RocCurve(images.Select(i => i.Score).ToList(), images.Select(i => i.Sample.IsAnomalous).ToList());
+        var (fpr, tpr) = BinaryCurve.From(images.Select(i => i.Score).ToList(), images.Select(i => i.Sample.IsAnomalous).ToList()).Roc();
         var plot = new ScottPlot.Plot();
         plot.Add.Scatter(fpr, tpr);
         plot.Add.Line(0, 0, 1, 1).LinePattern = ScottPlot.LinePattern.Dashed;

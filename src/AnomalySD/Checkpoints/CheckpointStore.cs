@@ -1,9 +1,10 @@
 using System.Security.Cryptography;
 using System.Text;
 using System.Text.RegularExpressions;
+using AnomalySD.IO;
 using Microsoft.Extensions.Logging;
 
-namespace AnomalySD.Pipeline;
+namespace AnomalySD.Checkpoints;
 
 /// <summary>
 /// The folder layout of a checkpoint, made so that a reader sees the old checkpoint or the new one, never a mix, while fit

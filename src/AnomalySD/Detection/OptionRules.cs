@@ -1,6 +1,6 @@
 using System.Globalization;
 
-namespace AnomalySD.Pipeline;
+namespace AnomalySD.Detection;
 
 /// <summary>
 /// The rules of the options that flags and checkpoints share, in one place: each returns null when the value is valid, or the
