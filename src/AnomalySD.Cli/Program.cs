@@ -11,7 +11,7 @@ try
 {
     args = CliSupport.ExpandConfig(args);
     var parser = new Parser(s => { s.HelpWriter = null; s.CaseInsensitiveEnumValues = true; });
-    var parsed = parser.ParseArguments<InfoVerb, FitVerb, EvalVerb, DetectVerb, BenchVerb, DemoVerb, MergeVerb>(args);
+    var parsed = parser.ParseArguments<InfoVerb, FitVerb, EvalVerb, DetectVerb, BenchVerb, DemoVerb, MergeVerb, ConvertVerb>(args);
     return parsed.MapResult(
         (InfoVerb o) => InfoCommand.Run(o, Console.Out),
         (FitVerb o) => Run(o, () => FitCommand.Run(o)),
@@ -20,6 +20,7 @@ try
         (BenchVerb o) => Run(o, () => BenchCommand.Run(o, Console.Out)),
         (DemoVerb o) => Run(o, () => DemoCommand.Run(o)),
         (MergeVerb o) => MergeCommand.Run(o),
+        (ConvertVerb o) => ConvertCommand.Run(o),
         errors => ReportParseErrors(parsed, errors.ToList()));
 }
 catch (Exception e) when (e is AsdException or DllNotFoundException or IOException or InvalidDataException or ImageLoadException
