@@ -64,7 +64,7 @@ void check_golden_file(const Case& c, const std::string& file_name) {
 
   pl::SingleFileOptions options;
   options.config_dir = config_dir(tmp, c);
-  const pl::SdComponents m = pl::load_single_file(file, options, torch::kFloat32);
+  pl::SdComponents m = pl::load_single_file(file, options, torch::kFloat32);
 
   // Every weight equals the source case's tensor.
   auto unet = asd::models::load_unet(golden(c.unet + "/config.json"), golden(c.unet + "/weights.safetensors"));

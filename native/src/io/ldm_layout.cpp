@@ -1,5 +1,6 @@
 #include "io/ldm_layout.h"
 
+#include <algorithm>
 #include <map>
 #include <set>
 #include <sstream>
@@ -149,7 +150,7 @@ Source vae_source(const std::string& key, const Layout& layout) {
     if (p.size() >= 6 && (p[1] == "down_blocks" || p[1] == "up_blocks")) {
       int64_t level = to_index(p[2], key);
       const std::string group = p[1] == "down_blocks" ? ".down." : ".up.";
-      if (p[1] == "up_blocks") level = layout.vae_levels - 1 - level;  // the decoder's levels are stored bottom-up
+      if (p[1] == "up_blocks") level = (layout.vae_decoder_top >= 0 ? layout.vae_decoder_top : layout.vae_levels - 1) - level;  // stored bottom-up
       const std::string base = coder + group + std::to_string(level);
       if (p[3] == "resnets") return out(base + ".block." + p[4] + "." + vae_resnet(join(p, 5)));
       if ((p[3] == "downsamplers" || p[3] == "upsamplers") && p[5] == "conv") {
@@ -226,6 +227,19 @@ bool is_skipped(const std::string& key, const Layout& layout) {
     if (!index.empty() && index.size() < 9 && index.find_first_not_of("0123456789") == std::string::npos) return std::stoll(index) >= layout.text_layers;
   }
   return false;
+}
+
+int64_t decoder_top_in(const TensorMap& file) {
+  const std::string prefix = kVaePrefix + "decoder.up.";
+  int64_t top = -1;
+  for (const std::string& k : file.names()) {
+    if (!starts_with(k, prefix)) continue;
+    const std::string rest = k.substr(prefix.size());
+    const size_t dot = rest.find('.');
+    if (dot == 0 || dot == std::string::npos || dot > 6 || rest.substr(0, dot).find_first_not_of("0123456789") != std::string::npos) continue;
+    top = std::max<int64_t>(top, std::stoll(rest.substr(0, dot)));
+  }
+  return top;
 }
 
 Family detect_family(const TensorMap& file) {

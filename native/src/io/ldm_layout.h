@@ -54,11 +54,18 @@ struct Layout {
   int64_t unet_layers_per_block = 2;
   std::vector<bool> up_block_has_attention;  ///< per diffusers up block (CrossAttnUpBlock2D)
   int64_t vae_levels = 4;
+  /// The file's index of the decoder level that diffusers calls up_blocks.0 (the deepest); -1 = vae_levels - 1. diffusers'
+  /// scripts/convert_diffusers_to_original_stable_diffusion.py numbers the decoder's levels as if there were always 4
+  /// (up.{3 - i}), so its files of a VAE with fewer levels hold up.1..up.3: see decoder_top_in().
+  int64_t vae_decoder_top = -1;
   int64_t text_layers = 12;
 
   /// From the three diffusers configs (ASD_ERR_UNSUPPORTED for a UNet whose levels have different depths).
   static Layout from_configs(Family family, const nlohmann::json& unet, const nlohmann::json& vae, const nlohmann::json& text_encoder);
 };
+
+/// The highest decoder level index among the file's "first_stage_model.decoder.up.N." keys (-1 if none).
+int64_t decoder_top_in(const TensorMap& file);
 
 /// The file key of a module key (UNet, VAE, text encoder names as the modules register them).
 Source unet_source(const std::string& key, const Layout& layout);

@@ -114,7 +114,8 @@ SdComponents load_single_file(const std::string& path, const SingleFileOptions& 
 
   // The file's dtype is its UNet's; the modules take the target dtype before the copy, so each weight is converted
   // once, from the file's pages straight into its parameter.
-  const ldm::Layout layout = ldm::Layout::from_configs(family, c.unet_config, c.vae_config, c.text_encoder_config);
+  ldm::Layout layout = ldm::Layout::from_configs(family, c.unet_config, c.vae_config, c.text_encoder_config);
+  layout.vae_decoder_top = ldm::decoder_top_in(weights);
   const torch::Tensor* probe = weights.find(ldm::unet_source("conv_in.weight", layout).key);
   const torch::ScalarType file_dtype = probe != nullptr ? probe->scalar_type() : torch::kFloat32;
   const torch::ScalarType target = dtype ? *dtype : (c10::isFloatingType(file_dtype) && file_dtype != torch::kFloat64 ? file_dtype : torch::kFloat32);
@@ -209,8 +210,11 @@ std::string convert_single_file(const std::string& path, const SingleFileOptions
     save_folder(c, staging.string(),
                 {{"_anomalysd_converted_from", fs::absolute(path).string()}, {"_anomalysd_detected", c.single_file.value("description", "")}});
     fs::create_directories(staging / "tokenizer");
-    fs::copy_file(tokenizer / "vocab.json", staging / "tokenizer" / "vocab.json");
-    fs::copy_file(tokenizer / "merges.txt", staging / "tokenizer" / "merges.txt");
+    for (const char* name : {"vocab.json", "merges.txt"}) {
+      fs::copy_file(tokenizer / name, staging / "tokenizer" / name);
+      // The copy keeps the source's mode: a read-only source would give a folder its owner cannot update in place.
+      fs::permissions(staging / "tokenizer" / name, fs::perms::owner_read | fs::perms::owner_write, fs::perm_options::add);
+    }
     const std::string pad = c.single_file.value("tokenizer_pad_token", "<|endoftext|>");
     const nlohmann::json config = {{"tokenizer_class", "CLIPTokenizer"}, {"model_max_length", c.text_encoder->config().max_position_embeddings},
                                    {"bos_token", "<|startoftext|>"},      {"eos_token", "<|endoftext|>"},
