@@ -54,6 +54,15 @@ internal struct AsdInpaintOptions
     public int DistanceAtInpaintSize;
 }
 
+/// <summary><c>asd_single_file_options</c>: same layout as the C struct (strings as NUL-terminated UTF-8 pointers, read during the call; null = default).</summary>
+[StructLayout(LayoutKind.Sequential)]
+internal unsafe struct AsdSingleFileOptions
+{
+    public byte* ModelConfig;
+    public byte* PredictionType;
+    public byte* Tokenizer;
+}
+
 /// <summary><c>asd_scoring_options</c>: same layout as the C struct (strings as NUL-terminated UTF-8 pointers, read during the call).</summary>
 [StructLayout(LayoutKind.Sequential)]
 internal unsafe struct AsdScoringOptions
@@ -137,6 +146,13 @@ internal static unsafe partial class NativeMethods
     public static partial AsdStatus asd_model_create_preset(string name, ulong seed, string? device, AsdDtype dtype, out IntPtr model);
     [LibraryImport(Library, StringMarshalling = StringMarshalling.Utf8)]
     public static partial AsdStatus asd_model_load(string folder, string? device, AsdDtype dtype, out IntPtr model);
+    [LibraryImport(Library)] public static partial AsdStatus asd_single_file_options_default(out AsdSingleFileOptions options);
+    [LibraryImport(Library, StringMarshalling = StringMarshalling.Utf8)]
+    public static partial AsdStatus asd_model_load_single_file(string path, in AsdSingleFileOptions options, string? device, AsdDtype dtype, out IntPtr model);
+    [LibraryImport(Library, StringMarshalling = StringMarshalling.Utf8)]
+    public static partial AsdStatus asd_convert_single_file(string path, in AsdSingleFileOptions options, string outFolder);
+    [LibraryImport(Library, StringMarshalling = StringMarshalling.Utf8)]
+    public static partial AsdStatus asd_model_save_single_file(ModelHandle model, string path, int sdVersion);
     [LibraryImport(Library, StringMarshalling = StringMarshalling.Utf8)]
     public static partial AsdStatus asd_model_save(ModelHandle model, string folder, string? metadataJson, IntPtr unetTrainer);
     [LibraryImport(Library)] public static partial AsdStatus asd_model_info(ModelHandle model, out byte* json);

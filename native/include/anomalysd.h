@@ -173,9 +173,46 @@ ASD_API asd_status asd_model_create_compact(uint64_t seed, const char* device, a
  *  (the Stable Diffusion 2 inpainting architecture, for timing without a checkpoint), in `dtype` (F32/F16/BF16). */
 ASD_API asd_status asd_model_create_preset(const char* name, uint64_t seed, const char* device, asd_dtype dtype, asd_model** out_model);
 
-/** Loads a diffusers SD inpainting folder or an AnomalySD checkpoint (a folder with anomalysd.json), converting
- *  weights to `dtype` (F32, F16 or BF16). Errors name the file, the key and the shapes (see the README). */
+/** Loads a diffusers SD inpainting folder, an AnomalySD checkpoint (a folder with anomalysd.json) or a single-file
+ *  checkpoint (a file path: see asd_model_load_single_file), converting weights to `dtype` (F32, F16 or BF16). Errors name the file, the key and the shapes (see the README). */
 ASD_API asd_status asd_model_load(const char* folder, const char* device, asd_dtype dtype, asd_model** out_model);
+
+/** Options of single-file checkpoints (fill with asd_single_file_options_default; NULL fields = the defaults).
+ *  Strings are read during the call only. */
+typedef struct asd_single_file_options {
+  /** A diffusers-layout folder whose unet/, vae/ and text_encoder/ hold config.json (weights there are ignored) and,
+   *  optionally, scheduler/scheduler_config.json, for files that are not a standard model. NULL: the architecture is
+   *  read from the weights (head counts: SD 1.x 8 heads, SD 2.x head dimension 64). */
+  const char* model_config;
+  /** NULL: epsilon (SD's inpainting models), or model_config's scheduler; else "epsilon", "v_prediction" or "sample". */
+  const char* prediction_type;
+  /** asd_convert_single_file only: a folder with the CLIP BPE files (vocab.json, merges.txt); NULL = model_config/tokenizer. */
+  const char* tokenizer;
+} asd_single_file_options;
+
+ASD_API asd_status asd_single_file_options_default(asd_single_file_options* out_options);
+
+/** Loads a single-file Stable Diffusion checkpoint in the original (LDM) layout: `.safetensors`, or PyTorch's zip
+ *  `.ckpt` read by a restricted unpickler (only tensors and state-dict containers; any other pickle global is refused
+ *  and nothing is executed; the legacy pre-1.6 format is refused with how to re-save it). The file is memory-mapped;
+ *  each weight is copied once, converted to `dtype` (F32, F16, BF16; ASD_DTYPE_AUTO = the file's). asd_model_load
+ *  does the same for a file path with default options. asd_model_info's "single_file" says what was detected.
+ *  Errors name the file and the key: ASD_ERR_NOT_FOUND (a missing weight), ASD_ERR_FORMAT (a mis-shaped weight, a
+ *  malformed file), ASD_ERR_UNSUPPORTED (a refused pickle global, a compressed entry, a non-inpainting UNet). */
+ASD_API asd_status asd_model_load_single_file(const char* path, const asd_single_file_options* options, const char* device,
+                                              asd_dtype dtype, asd_model** out_model);
+
+/** Converts a single-file checkpoint to a diffusers folder `out_folder` (unet/, vae/, text_encoder/, tokenizer/,
+ *  scheduler/, model_index.json; safetensors in the file's dtype), written atomically (staged beside it, then
+ *  renamed). A non-empty `out_folder` that an earlier conversion did not write is refused (ASD_ERR_INVALID_ARGUMENT).
+ *  The tokenizer files come from options->tokenizer or model_config/tokenizer (ASD_ERR_IO when neither has them). */
+ASD_API asd_status asd_convert_single_file(const char* path, const asd_single_file_options* options, const char* out_folder);
+
+/** Writes the model's UNet, VAE and text encoder as one single-file checkpoint in the original (LDM) layout
+ *  (safetensors, atomically, in the model's dtype), with the extra keys real files carry (betas, alphas_cumprod,
+ *  model_ema.*; for SD 2.x OpenCLIP's unused last block, text_projection, logit_scale). `sd_version` 1 writes the
+ *  text encoder under OpenAI CLIP's names, 2 under OpenCLIP's. For tests and benchmarks. */
+ASD_API asd_status asd_model_save_single_file(const asd_model* model, const char* path, int32_t sd_version);
 
 /** Writes an AnomalySD checkpoint to `folder` (atomically: staged, then renamed). `metadata_json` (a JSON object,
  *  may be NULL) is stored in anomalysd.json and returned by asd_model_info after loading. `unet_trainer` (may be
@@ -183,7 +220,9 @@ ASD_API asd_status asd_model_load(const char* folder, const char* device, asd_dt
 ASD_API asd_status asd_model_save(const asd_model* model, const char* folder, const char* metadata_json, const asd_trainer* unet_trainer);
 
 /** A JSON description: {"source", "device", "dtype", "latent_channels", "vae_scale_factor", "scaling_factor",
- *  "parameters": {"unet", "vae", "text_encoder"}, "architecture_fingerprint", "metadata", "training"}.
+ *  "parameters": {"unet", "vae", "text_encoder"}, "architecture_fingerprint", "single_file" (null, or {"family", "description",
+ *  "file_dtype", "format", "tokenizer_pad_token", "skipped_keys", "model_config"} for a single-file checkpoint), "metadata",
+ *  "training"}.
  *  Valid until the next call on this model. */
 ASD_API asd_status asd_model_info(asd_model* model, const char** out_json);
 

@@ -13,8 +13,17 @@ namespace AnomalySD.Cli;
 [Verb("bench", HelpText = "Latency per image of the paper's inference workload (85 grid masks + 1 prototype mask, λ of a 50-step schedule), naive vs batched, with and without windows.")]
 public sealed class BenchVerb : EngineFlags
 {
-    [Option("model", Default = "compact", HelpText = "compact, sd2-inpainting (random weights) or a diffusers inpainting folder.")]
+    [Option("model", Default = "compact", HelpText = "compact, sd2-inpainting (random weights), a diffusers inpainting folder or a single-file checkpoint (.safetensors / .ckpt).")]
     public string Model { get; set; } = "compact";
+
+    [Option("model-config", HelpText = "Single files: a diffusers-layout config folder (unet/, vae/, text_encoder/ config.json) for files that are not a standard SD model.")]
+    public string? ModelConfig { get; set; }
+
+    [Option("load-only", HelpText = "Instead: load --model once and report the load time and this process's peak resident memory (run it once per process).")]
+    public bool LoadOnly { get; set; }
+
+    [Option("write-single-file", HelpText = "Instead: write the preset --model (random weights, first --dtype) as one original-layout single file (safetensors) to this path.")]
+    public string? WriteSingleFile { get; set; }
 
     [Option("image-size", Default = 0, HelpText = "Inpainting resolution (0: 64 for compact, 512 otherwise).")]
     public int ImageSize { get; set; } = 0;
@@ -86,6 +95,8 @@ public static class BenchCommand
     public static int Run(BenchVerb o, TextWriter output)
     {
         if (o.PrototypeBank) return RunPrototypes(o, output);
+        if (o.WriteSingleFile is not null) return WriteSingleFile(o, output);
+        if (o.LoadOnly) return RunLoad(o, output);
         var scales = EngineFlags.ParseScales(o.Scales);
         bool compact = o.Model == "compact";
         int size = o.ImageSize > 0 ? o.ImageSize : Resolutions.DefaultInpaintSize(compact);
@@ -94,8 +105,7 @@ public static class BenchCommand
         foreach (string dtypeName in CliSupport.SplitList(o.Dtype))
         {
             var dtype = Enum.Parse<ModelDtype>(dtypeName, ignoreCase: true);
-            bool preset = o.Model is "compact" or "sd2-inpainting";
-            using var model = preset ? InpaintingModel.CreatePreset(o.Model, o.Seed, o.Device, dtype) : InpaintingModel.Load(o.Model, o.Device, dtype);
+            using var model = Open(o, dtype);
             if (resnet is not null) model.ConfigureScoring(new ScoringOptions(resnet));
             var tokenizer = new HashPromptTokenizer();
             model.SetCategory("bench", tokenizer.EncodePadded(AnomalySD.Prompts.PromptCatalog.BuiltIn().Get("bottle").All), tokenizer.MaxLength);
@@ -151,6 +161,44 @@ public static class BenchCommand
     }
 
     /// <summary>eq. 13-14 costs: building a 4-shot bank (x 4 rotations) and one error map, with peak memory.</summary>
+    private static InpaintingModel Open(BenchVerb o, ModelDtype dtype) =>
+        o.Model is "compact" or "sd2-inpainting" ? InpaintingModel.CreatePreset(o.Model, o.Seed, o.Device, dtype)
+        : SingleFileCheckpoint.IsSingleFile(o.Model) ? InpaintingModel.LoadSingleFile(o.Model, new SingleFileOptions(o.ModelConfig), o.Device, dtype)
+        : InpaintingModel.Load(o.Model, o.Device, dtype);
+
+    /// <summary>One load of --model: wall time and the process's peak resident set (Linux VmHWM, reset just before), against the
+    /// size on disk (a file, or a folder's weights).</summary>
+    private static int RunLoad(BenchVerb o, TextWriter output)
+    {
+        var dtype = Enum.Parse<ModelDtype>(CliSupport.SplitList(o.Dtype)[0], ignoreCase: true);
+        long onDisk = File.Exists(o.Model) ? new FileInfo(o.Model).Length
+            : Directory.Exists(o.Model) ? Directory.EnumerateFiles(o.Model, "*.safetensors", SearchOption.AllDirectories).Sum(f => new FileInfo(f).Length) : 0;
+        long before = Environment.WorkingSet;
+        EngineInfo.TryResetPeakMemory("cpu");
+        var watch = Stopwatch.StartNew();
+        using var model = Open(o, dtype);
+        double seconds = watch.Elapsed.TotalSeconds;
+        long peak = EngineInfo.TryPeakMemory("cpu");
+        var info = model.Info();
+        string detected = info["single_file"]?["description"]?.GetValue<string>() ?? "diffusers folder";
+        output.WriteLine(string.Create(CultureInfo.InvariantCulture,
+            $"load {o.Model} ({detected}) as {dtype}: {seconds:F2} s, peak RSS {peak / 1048576.0:F0} MiB (RSS before the load {before / 1048576.0:F0} MiB), " +
+            $"weights on disk {onDisk / 1048576.0:F0} MiB, peak / on disk {(onDisk > 0 ? (double)peak / onDisk : 0):F3}"));
+        return 0;
+    }
+
+    private static int WriteSingleFile(BenchVerb o, TextWriter output)
+    {
+        if (o.Model is not ("compact" or "sd2-inpainting")) throw new ArgumentException("--write-single-file writes a preset: --model compact or sd2-inpainting");
+        var dtype = Enum.Parse<ModelDtype>(CliSupport.SplitList(o.Dtype)[0], ignoreCase: true);
+        var watch = Stopwatch.StartNew();
+        using (var model = InpaintingModel.CreatePreset(o.Model, o.Seed, o.Device, dtype))
+            model.SaveSingleFile(o.WriteSingleFile!, o.Model == "sd2-inpainting" ? 2 : 1);
+        output.WriteLine(string.Create(CultureInfo.InvariantCulture,
+            $"wrote {o.WriteSingleFile} ({o.Model}, random weights, {dtype}, {new FileInfo(o.WriteSingleFile!).Length / 1048576.0:F0} MiB) in {watch.Elapsed.TotalSeconds:F1} s"));
+        return 0;
+    }
+
     private static int RunPrototypes(BenchVerb o, TextWriter output)
     {
         int size = o.AnalysisSize > 0 ? o.AnalysisSize : 512;

@@ -207,8 +207,17 @@ public abstract class FitFlags : ScoringFlags
     [Option("shot-seed", HelpText = "Pick the shots at random with this seed (default: the first K in sorted order).")]
     public int? ShotSeed { get; set; }
 
-    [Option("model", Default = "compact", HelpText = "'compact' (small model trained from scratch) or a diffusers SD inpainting folder.")]
+    [Option("model", Default = "compact", HelpText = "'compact' (small model trained from scratch), a diffusers SD inpainting folder, or a single-file SD checkpoint (FILE.safetensors or FILE.ckpt, original layout).")]
     public string Model { get; set; } = "compact";
+
+    [Option("model-config", HelpText = "Single files: a diffusers-layout folder whose unet/, vae/, text_encoder/ hold config.json (weights there ignored), for files that are not a standard SD model.")]
+    public string? ModelConfig { get; set; }
+
+    [Option("prediction-type", HelpText = "Single files: what the UNet predicts: epsilon (default, SD inpainting), v_prediction or sample.")]
+    public string? PredictionType { get; set; }
+
+    [Option("tokenizer", HelpText = "Single files: a folder with the CLIP tokenizer files (vocab.json, merges.txt); default: <model-config>/tokenizer, tokenizer/ beside the file, or $ANOMALYSD_TOKENIZER.")]
+    public string? Tokenizer { get; set; }
 
     [Option("image-size", Default = 0, HelpText = "Inpainting resolution: what the model runs at (0: 64 for compact, 512 for SD); a multiple of 32.")]
     public int ImageSize { get; set; } = 0;
@@ -271,6 +280,7 @@ public abstract class FitFlags : ScoringFlags
         Require(MixedPrecision == MixedPrecisionMode.No || Dtype == ModelDtype.F32, $"--mixed-precision {MixedPrecision} keeps fp32 master weights: use --dtype F32, not {Dtype}");
         Require(MixedPrecision != MixedPrecisionMode.Fp16 || Device.StartsWith("cuda", StringComparison.Ordinal), "--mixed-precision Fp16 needs --device cuda; use Bf16 on the CPU");
         Require(Distance != DistanceKind.LpipsAlex || (AlexNet is not null && Lpips is not null), "--distance LpipsAlex needs --alexnet and --lpips");
+        new FitOptions(Model: Model, ModelConfig: ModelConfig, PredictionType: PredictionType, Tokenizer: Tokenizer).Validate(); // the single-file flags
         CalibrationOptions()?.Validate();
     }
 
@@ -299,7 +309,8 @@ public abstract class FitFlags : ScoringFlags
         AutoencoderSteps: AutoencoderSteps, BatchSize: BatchSize, LearningRate: LearningRate, Seed: Seed, Device: Device, Dtype: Dtype,
         Distance: Distance, AlexNetPath: AlexNet, LpipsPath: Lpips, ResNet18Path: ResNet18, PromptsPath: Prompts, ForegroundMasksDir: ForegroundMasks,
         MixedPrecision: MixedPrecision, AnalysisSize: AnalysisSize ?? 0, WindowContext: ParsedWindowContext, EvalSize: EvalSize,
-        FeatureAggregation: FeatureAggregation, Calibration: CalibrationOptions(), DistanceResolution: DistanceResolution);
+        FeatureAggregation: FeatureAggregation, Calibration: CalibrationOptions(), DistanceResolution: DistanceResolution,
+        ModelConfig: ModelConfig, PredictionType: PredictionType, Tokenizer: Tokenizer);
 
     /// <summary>--data is given, and the output folder <paramref name="outDir"/> is neither it, nor inside it, nor around it.</summary>
     protected void RequireDataApartFrom(string outDir)

@@ -17,7 +17,7 @@ try
 {
     args = CliSupport.ExpandConfig(args);
     var parser = new Parser(s => { s.HelpWriter = null; s.CaseInsensitiveEnumValues = true; s.EnableDashDash = true; });
-    var parsed = parser.ParseArguments<InfoVerb, FitVerb, EvalVerb, DetectVerb, ServeVerb, BenchVerb, DemoVerb, MergeVerb>(args);
+    var parsed = parser.ParseArguments<InfoVerb, FitVerb, EvalVerb, DetectVerb, ServeVerb, BenchVerb, DemoVerb, MergeVerb, ConvertVerb>(args);
     return parsed.MapResult(
         (InfoVerb o) => InfoCommand.Run(o, Console.Out),
         (FitVerb o) => Run(o, () => FitCommand.Run(o)),
@@ -27,6 +27,7 @@ try
         (BenchVerb o) => Run(o, () => BenchCommand.Run(o, Console.Out)),
         (DemoVerb o) => Run(o, () => DemoCommand.Run(o)),
         (MergeVerb o) => Validated(o.Validate, () => MergeCommand.Run(o)),
+        (ConvertVerb o) => ConvertCommand.Run(o),
         errors => ReportParseErrors(parsed, errors.ToList()));
 }
 catch (UsageException e)

@@ -58,7 +58,20 @@ public sealed class DetectionServer : IAsyncDisposable
         builder.Logging.ClearProviders();
         builder.Services.AddSingleton(logs);
         builder.Services.AddSingleton(typeof(ILogger<>), typeof(Logger<>));
-        builder.Services.AddOpenApi();
+        // The detect body is read by hand (a raw image or multipart parts), so its media types are described here; declaring them with
+        // .Accepts() would let routing answer other types with a bare 415 instead of the JSON error.
+        builder.Services.AddOpenApi(o => o.AddOperationTransformer((operation, context, _) =>
+        {
+            if (context.Description.RelativePath?.EndsWith("/detect", StringComparison.Ordinal) == true)
+                operation.RequestBody = new Microsoft.OpenApi.OpenApiRequestBody
+                {
+                    Required = true,
+                    Description = "One image as the body, or multipart/form-data with one or more parts named \"image\".",
+                    Content = ServeOptions.ImageTypes.Append("multipart/form-data")
+                        .ToDictionary(t => t, _ => new Microsoft.OpenApi.OpenApiMediaType()),
+                };
+            return Task.CompletedTask;
+        }));
         builder.Services.ConfigureHttpJsonOptions(j => j.SerializerOptions.PropertyNamingPolicy = System.Text.Json.JsonNamingPolicy.SnakeCaseLower);
         builder.Services.Configure<HostOptions>(h => h.ShutdownTimeout = options.ResolvedShutdownGrace);
         builder.WebHost.ConfigureKestrel(k =>

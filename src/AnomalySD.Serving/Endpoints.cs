@@ -52,7 +52,7 @@ internal static class Endpoints
             .Produces<ErrorResponse>(StatusCodes.Status503ServiceUnavailable);
         app.MapPost("/v1/categories/{category}/detect", (HttpContext http, string category, string? map, string? threshold) =>
                 Detect(http, state, category, map, threshold))
-            .WithName("detect").Accepts<IFormFile>("multipart/form-data", ServeOptions.ImageTypes.ToArray())
+            .WithName("detect")
             .Produces<DetectResponse>().Produces<ErrorResponse>(StatusCodes.Status400BadRequest).Produces<ErrorResponse>(StatusCodes.Status401Unauthorized)
             .Produces<ErrorResponse>(StatusCodes.Status404NotFound).Produces<ErrorResponse>(StatusCodes.Status413PayloadTooLarge)
             .Produces<ErrorResponse>(StatusCodes.Status415UnsupportedMediaType).Produces<ErrorResponse>(StatusCodes.Status500InternalServerError)

@@ -10,6 +10,7 @@
 #include "pipeline/checkpoint.h"
 #include "models/unet_flops.h"
 #include "pipeline/inpaint.h"
+#include "pipeline/single_file.h"
 
 namespace asd::api {
 
@@ -183,6 +184,18 @@ asd_trainer_options default_trainer_options() {
   return t;
 }
 
+pl::SingleFileOptions single_file_options(const asd_single_file_options* options) {
+  pl::SingleFileOptions o;
+  if (options == nullptr) return o;
+  if (options->model_config != nullptr) o.config_dir = options->model_config;
+  if (options->prediction_type != nullptr) {
+    o.prediction_type = options->prediction_type;
+    asd::require(o.prediction_type == "epsilon" || o.prediction_type == "v_prediction" || o.prediction_type == "sample",
+                 "prediction_type '" + o.prediction_type + "' must be epsilon, v_prediction or sample");
+  }
+  return o;
+}
+
 std::string dtype_string(torch::ScalarType t) { return t == torch::kFloat16 ? "F16" : t == torch::kBFloat16 ? "BF16" : "F32"; }
 
 }  // namespace
@@ -215,6 +228,11 @@ ASD_API asd_status asd_model_load(const char* folder, const char* device, asd_dt
     not_null(out_model, "out_model");
     const std::string dir = not_null(folder, "folder");
     auto m = std::make_unique<asd_model>();
+    if (pl::is_single_file(dir)) {
+      m->components = pl::load_single_file(dir, {}, model_dtype(dtype), asd::api::parse_device(device));
+      *out_model = m.release();
+      return;
+    }
     nlohmann::json manifest;
     if (pl::is_checkpoint(dir)) manifest = pl::read_checkpoint_manifest(dir);
     m->components = pl::load_diffusers_folder(dir, model_dtype(dtype), asd::api::parse_device(device));
@@ -230,6 +248,39 @@ ASD_API asd_status asd_model_load(const char* folder, const char* device, asd_dt
       }
     }
     *out_model = m.release();
+  });
+}
+
+ASD_API asd_status asd_single_file_options_default(asd_single_file_options* out_options) {
+  return ASD_GUARD({ *not_null(out_options, "out_options") = asd_single_file_options{nullptr, nullptr, nullptr}; });
+}
+
+ASD_API asd_status asd_model_load_single_file(const char* path, const asd_single_file_options* options, const char* device, asd_dtype dtype,
+                                              asd_model** out_model) {
+  return ASD_GUARD({
+    not_null(out_model, "out_model");
+    const std::string file = not_null(path, "path");
+    auto m = std::make_unique<asd_model>();
+    const std::optional<torch::ScalarType> target = dtype == ASD_DTYPE_AUTO ? std::nullopt : std::optional<torch::ScalarType>(model_dtype(dtype));
+    m->components = pl::load_single_file(file, single_file_options(options), target, asd::api::parse_device(device));
+    *out_model = m.release();
+  });
+}
+
+ASD_API asd_status asd_convert_single_file(const char* path, const asd_single_file_options* options, const char* out_folder) {
+  return ASD_GUARD({
+    const std::string file = not_null(path, "path");
+    const std::string out = not_null(out_folder, "out_folder");
+    pl::convert_single_file(file, single_file_options(options), out, options != nullptr && options->tokenizer != nullptr ? options->tokenizer : "");
+  });
+}
+
+ASD_API asd_status asd_model_save_single_file(const asd_model* model, const char* path, int32_t sd_version) {
+  return ASD_GUARD({
+    not_null(model, "model");
+    const std::string file = not_null(path, "path");
+    asd::require(sd_version == 1 || sd_version == 2, "sd_version must be 1 (OpenAI CLIP text-encoder names) or 2 (OpenCLIP names)");
+    pl::save_single_file(model->components, file, sd_version == 2 ? asd::ldm::Family::kSd2 : asd::ldm::Family::kSd1);
   });
 }
 
@@ -272,6 +323,7 @@ ASD_API asd_status asd_model_info(asd_model* model, const char** out_json) {
                                     for (const auto& kv : model->conditions) names.push_back(kv.first);
                                     return names;
                                   }()},
+                                 {"single_file", c.single_file},
                                  {"metadata", model->metadata},
                                  {"training", model->training}};
     model->info_json = info.dump();

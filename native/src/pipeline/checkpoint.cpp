@@ -2,8 +2,8 @@
 
 #include <filesystem>
 #include <fstream>
-#include <random>
 
+#include "core/atomic_dir.h"
 #include "core/atomic_file.h"
 #include "core/error.h"
 #include "io/json_config.h"
@@ -47,14 +47,7 @@ std::string architecture_fingerprint(const SdComponents& c) {
 
 void save_checkpoint(const SdComponents& c, const std::string& directory, const nlohmann::json& metadata, const nlohmann::json& training,
                      const std::function<void(const std::string&)>& extra) {
-  const fs::path target = fs::absolute(fs::path(directory)).lexically_normal();
-  const fs::path parent = target.parent_path();
-  fs::create_directories(parent);
-  std::random_device rd;
-  const fs::path staging = parent / ("." + target.filename().string() + ".staging-" + std::to_string(rd()));
-  const fs::path previous = parent / ("." + target.filename().string() + ".previous-" + std::to_string(rd()));
-  try {
-    fs::create_directories(staging);
+  write_directory_atomically(directory, "checkpoint", [&](const fs::path& staging) {
     save_folder(c, staging.string(), {{"anomalysd_checkpoint", true}});
     if (extra) extra(staging.string());
     const nlohmann::json manifest = {{"format", kCheckpointFormat},
@@ -65,21 +58,7 @@ void save_checkpoint(const SdComponents& c, const std::string& directory, const 
                                      {"metadata", metadata},
                                      {"training", training}};
     write_file_atomically(staging / "anomalysd.json", [&](std::ostream& out) { out << manifest.dump(2) << "\n"; });
-    if (fs::exists(target)) fs::rename(target, previous);
-    fs::rename(staging, target);
-    std::error_code ignored;
-    fs::remove_all(previous, ignored);
-  } catch (const fs::filesystem_error& e) {
-    std::error_code ignored;
-    fs::remove_all(staging, ignored);
-    if (!fs::exists(target) && fs::exists(previous)) fs::rename(previous, target, ignored);
-    throw_error(ASD_ERR_IO, "cannot write checkpoint '" + target.string() + "': " + e.what());
-  } catch (...) {
-    std::error_code ignored;
-    fs::remove_all(staging, ignored);
-    if (!fs::exists(target) && fs::exists(previous)) fs::rename(previous, target, ignored);
-    throw;
-  }
+  });
 }
 
 bool is_checkpoint(const std::string& directory) { return fs::exists(fs::path(directory) / "anomalysd.json"); }

@@ -35,8 +35,11 @@ struct SdComponents {
   double scaling_factor = 1.0;
   torch::Device device = torch::kCPU;
   torch::ScalarType dtype = torch::kFloat32;
-  /// "compact" or the folder the components were loaded from.
+  /// "compact" or the folder (or single file) the components were loaded from.
   std::string source;
+  /// For a single-file checkpoint: what was read from it ({"family", "description", "file_dtype", "tokenizer_pad_token",
+  /// "skipped_keys"}); null otherwise.
+  nlohmann::json single_file;
 
   /// Latent channels (4 for SD) and the VAE's spatial downsampling factor (8 for SD).
   int64_t latent_channels() const;

@@ -23,7 +23,8 @@ public static class CheckpointLoader
             string banks = Path.Combine(path, "prototype_banks.safetensors");
             if (meta.Shots > 0 && !File.Exists(banks))
                 throw new FileNotFoundException($"checkpoint '{lease.Root}' was fitted with {meta.Shots} shot(s) but its prototype banks file '{banks}' is missing", banks);
-            var tokenizer = Fitting.TokenizerFor(Directory.Exists(Path.Combine(path, "tokenizer")) ? path : meta.ModelSource, meta.Tokenizer);
+            var tokenizer = Fitting.TokenizerFor(Directory.Exists(Path.Combine(path, "tokenizer")) ? path : meta.ModelSource, meta.Tokenizer,
+                                                 meta.TokenizerDir, meta.PadToken);
             foreach (var c in meta.Categories) model.SetCategory(c.Category, tokenizer.EncodePadded(c.All), tokenizer.MaxLength);
             var distance = meta.Distance == "lpips_alex" ? DistanceKind.LpipsAlex : DistanceKind.Resnet18Uniform;
             Fitting.ConfigureScoring(model, backbones with { Distance = distance }, meta.FeatureAggregation);

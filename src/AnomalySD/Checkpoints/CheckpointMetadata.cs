@@ -33,6 +33,10 @@ public sealed record CheckpointMetadata(int ImageSize, string ModelSource, int S
     /// <summary>PatchCore local aggregation the prototype banks were built with (1 = off).</summary>
     public int FeatureAggregation { get; init; } = 1;
 
+    /// <summary>The CLIP tokenizer folder and pad token of a model fitted from a single file (which carries no tokenizer); null otherwise.</summary>
+    public string? TokenizerDir { get; init; }
+    public string? PadToken { get; init; }
+
     /// <summary>Per-category calibration made at fit time (empty: none, the paper's fixed values; older checkpoints have none).</summary>
     public IReadOnlyDictionary<string, CategoryCalibration> Calibration { get; init; } = new Dictionary<string, CategoryCalibration>();
 
@@ -49,6 +53,8 @@ public sealed record CheckpointMetadata(int ImageSize, string ModelSource, int S
         ["shots"] = Shots,
         ["distance"] = Distance,
         ["tokenizer"] = Tokenizer,
+        ["tokenizer_dir"] = TokenizerDir,
+        ["tokenizer_pad_token"] = PadToken,
         ["fit_options"] = FitOptions?.DeepClone(),
         ["categories"] = new JsonArray(Categories.Select(c => (JsonNode)new JsonObject
         {
@@ -125,6 +131,8 @@ public sealed record CheckpointMetadata(int ImageSize, string ModelSource, int S
         var meta = new CheckpointMetadata(imageSize, modelSource, shots, distance, categories, shotPaths, tokenizer)
         {
             FitOptions = fit.Exists ? (JsonObject)fit.Object().DeepClone() : null,
+            TokenizerDir = j["tokenizer_dir"].OptionalString(),
+            PadToken = j["tokenizer_pad_token"].OptionalString(),
             AnalysisSize = analysis ?? 0,
             WindowContext = window,
             FeatureAggregation = aggregation,

@@ -29,7 +29,7 @@ public sealed class InpaintingModel : IDisposable
         return new InpaintingModel(AsdHandle.Wrap<ModelHandle>(p));
     }
 
-    /// <summary>Loads a diffusers SD inpainting folder or an AnomalySD checkpoint.</summary>
+    /// <summary>Loads a diffusers SD inpainting folder, an AnomalySD checkpoint or a single-file checkpoint (default options).</summary>
     /// <exception cref="AsdIOException">missing files.</exception>
     /// <exception cref="AsdFormatException">corrupt files or mismatched shapes (key, expected and found shape in the message).</exception>
     /// <exception cref="AsdUnsupportedException">unsupported config values, another architecture or an incompatible checkpoint version.</exception>
@@ -38,6 +38,27 @@ public sealed class InpaintingModel : IDisposable
         AsdException.Check(NativeMethods.asd_model_load(folder, device, (AsdDtype)dtype, out IntPtr p));
         return new InpaintingModel(AsdHandle.Wrap<ModelHandle>(p));
     }
+
+    /// <summary>Loads a single-file SD checkpoint (original layout, <c>.safetensors</c> or <c>.ckpt</c> through a restricted unpickler):
+    /// memory-mapped, each weight copied once into <paramref name="dtype"/> (null = the file's). <see cref="Info"/>()["single_file"]
+    /// says what was detected.</summary>
+    /// <exception cref="AsdNotFoundException">a missing weight (its key in the message).</exception>
+    /// <exception cref="AsdFormatException">a mis-shaped weight or a malformed file.</exception>
+    /// <exception cref="AsdUnsupportedException">a refused pickle global, a compressed entry, a legacy .ckpt, a non-inpainting UNet.</exception>
+    public static InpaintingModel LoadSingleFile(string path, SingleFileOptions? options = null, string device = "cpu", ModelDtype? dtype = ModelDtype.F32)
+    {
+        var native = dtype is ModelDtype d ? (AsdDtype)d : AsdDtype.Auto;
+        IntPtr p = (options ?? new SingleFileOptions()).WithNative(o =>
+        {
+            AsdException.Check(NativeMethods.asd_model_load_single_file(path, o, device, native, out IntPtr model));
+            return model;
+        });
+        return new InpaintingModel(AsdHandle.Wrap<ModelHandle>(p));
+    }
+
+    /// <summary>Writes the UNet, VAE and text encoder as one original-layout single file (safetensors; <paramref name="sdVersion"/> 1 or 2
+    /// picks the text encoder's names), for tests and benchmarks.</summary>
+    public void SaveSingleFile(string path, int sdVersion) => AsdException.Check(NativeMethods.asd_model_save_single_file(Handle, path, sdVersion));
 
     /// <summary>Writes an AnomalySD checkpoint (atomically). <paramref name="metadata"/> is stored and comes back in
     /// <see cref="Info"/>()["metadata"]; with <paramref name="unetTrainer"/> the optimizer state is saved for resuming.</summary>

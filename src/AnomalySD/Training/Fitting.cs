@@ -15,7 +15,7 @@ using Microsoft.Extensions.Logging;
 namespace AnomalySD.Training;
 
 /// <summary>Options of <see cref="Fitting.Fit"/>. Defaults are the paper's where it has one (section 5.1).</summary>
-/// <param name="Model">"compact" (trained from scratch) or a diffusers SD inpainting folder.</param>
+/// <param name="Model">"compact" (trained from scratch), a diffusers SD inpainting folder or a single-file checkpoint (.safetensors / .ckpt).</param>
 /// <param name="Shots">K normal images per category, 0..; 0 = no fine-tuning, no prototype bank.</param>
 /// <param name="ShotSeed">null: the first K in sorted order; else a seeded random choice.</param>
 /// <param name="ImageSize">Inpainting resolution P in pixels (0 = 64 for compact, 512 for SD); a multiple of 32.</param>
@@ -30,14 +30,19 @@ namespace AnomalySD.Training;
 /// <param name="FeatureAggregation">PatchCore local aggregation of prototype features (null = the default; 1 = off, odd k).</param>
 /// <param name="Calibration">Calibration from the shots at fit time (λ, fusion weights, thresholds per category); null = off, the
 /// paper's fixed values.</param>
+/// <param name="ModelConfig">Single files only: a diffusers-layout config folder (<see cref="SingleFileOptions.ModelConfig"/>).</param>
+/// <param name="PredictionType">Single files only: epsilon (default), v_prediction or sample.</param>
+/// <param name="Tokenizer">Single files only: the CLIP tokenizer folder (<see cref="SingleFileCheckpoint.ResolveTokenizer"/>).</param>
 public sealed record FitOptions(
     string Model = "compact", int Shots = 1, int? ShotSeed = null, int ImageSize = 0, int UnetSteps = 300, int DecoderSteps = 100,
     int AutoencoderSteps = 300, int BatchSize = 8, double LearningRate = 1e-4, ulong Seed = 0, string Device = "cpu",
     ModelDtype Dtype = ModelDtype.F32, DistanceKind Distance = DistanceKind.Resnet18Uniform, string? AlexNetPath = null,
     string? LpipsPath = null, string? ResNet18Path = null, string? PromptsPath = null, string? ForegroundMasksDir = null,
     MixedPrecisionMode MixedPrecision = MixedPrecisionMode.No, int AnalysisSize = 0, WindowContext? WindowContext = null, int? EvalSize = null,
-    int? FeatureAggregation = null, CalibrationOptions? Calibration = null, DistanceResolution? DistanceResolution = null)
+    int? FeatureAggregation = null, CalibrationOptions? Calibration = null, DistanceResolution? DistanceResolution = null,
+    string? ModelConfig = null, string? PredictionType = null, string? Tokenizer = null)
 {
+    public bool IsSingleFile => !IsCompact && SingleFileCheckpoint.IsSingleFile(Model);
     public DistanceResolution ResolvedDistanceResolution => DistanceResolution ?? Resolutions.DefaultDistanceResolution;
     public bool IsCompact => string.Equals(Model, "compact", StringComparison.OrdinalIgnoreCase);
     public int ResolvedImageSize => ImageSize > 0 ? ImageSize : Resolutions.DefaultInpaintSize(IsCompact);
@@ -55,6 +60,12 @@ public sealed record FitOptions(
         if (ResolvedFeatureAggregation < 1 || ResolvedFeatureAggregation % 2 == 0)
             throw new ArgumentException($"feature aggregation {ResolvedFeatureAggregation} must be odd and >= 1 (1 = off, 3 = PatchCore)");
         Calibration?.Validate();
+        if (!IsSingleFile && (ModelConfig ?? PredictionType ?? Tokenizer) is not null)
+            throw new ArgumentException($"--model-config, --prediction-type and --tokenizer apply to single-file checkpoints; '{Model}' is not a file");
+        if (PredictionType is not null && !SingleFileOptions.PredictionTypes.Contains(PredictionType))
+            throw new ArgumentException($"--prediction-type '{PredictionType}' must be one of {string.Join(", ", SingleFileOptions.PredictionTypes)}");
+        if (ModelConfig is not null && !Directory.Exists(ModelConfig))
+            throw new ArgumentException($"--model-config '{ModelConfig}' is not a folder");
     }
 }
 
@@ -68,11 +79,24 @@ public static class Fitting
     };
 
 
-    /// <summary>The tokenizer of a model source: the folder's CLIP tokenizer, or the hash tokenizer of the compact preset.</summary>
-    public static IPromptTokenizer TokenizerFor(string modelSource, string kind) =>
-        kind == "clip" && Directory.Exists(Path.Combine(modelSource, "tokenizer"))
-            ? new ClipPromptTokenizer(ClipTokenizer.FromFolder(Path.Combine(modelSource, "tokenizer")))
-            : new HashPromptTokenizer();
+    /// <summary>The tokenizer of a model source: <paramref name="tokenizerDir"/> when given (a single file's, with its pad token), else the
+    /// folder's CLIP tokenizer, or the hash tokenizer of the compact preset.</summary>
+    public static IPromptTokenizer TokenizerFor(string modelSource, string kind, string? tokenizerDir = null, string? padToken = null) =>
+        kind != "clip" ? new HashPromptTokenizer()
+        : tokenizerDir is not null ? new ClipPromptTokenizer(ClipTokenizer.FromFolder(tokenizerDir, padToken))
+        : Directory.Exists(Path.Combine(modelSource, "tokenizer")) ? new ClipPromptTokenizer(ClipTokenizer.FromFolder(Path.Combine(modelSource, "tokenizer")))
+        : new HashPromptTokenizer();
+
+    /// <summary>Loads the model of <paramref name="o"/>: the compact preset, a diffusers folder or a single file (what was detected is logged).</summary>
+    private static InpaintingModel LoadModel(FitOptions o, ILogger log)
+    {
+        var dtype = o.Dtype;
+        if (o.IsCompact) return InpaintingModel.CreateCompact(o.Seed, o.Device);
+        if (!o.IsSingleFile) return InpaintingModel.Load(o.Model, o.Device, dtype);
+        var model = InpaintingModel.LoadSingleFile(o.Model, new SingleFileOptions(o.ModelConfig, o.PredictionType), o.Device, dtype);
+        log.LogInformation("{Model}: {Detected}", o.Model, model.Info()["single_file"]?["description"]?.GetValue<string>());
+        return model;
+    }
 
     /// <summary>
     /// Loads the shots, fine-tunes (autoencoder from scratch for compact, then UNet, then decoder for SD models),
@@ -85,13 +109,14 @@ public static class Fitting
         var catalog = o.PromptsPath is null ? PromptCatalog.BuiltIn() : PromptCatalog.Load(o.PromptsPath);
         int size = o.ResolvedAnalysisSize; // shots, foregrounds and banks live at the analysis resolution
         var window = o.ResolvedWindowContext;
-        var model = o.IsCompact
-            ? InpaintingModel.CreateCompact(o.Seed, o.Device)
-            : InpaintingModel.Load(o.Model, o.Device, o.Dtype);
+        // A single file carries no tokenizer: found before the model is loaded, so a missing one fails fast.
+        string? tokenizerDir = o.IsSingleFile ? SingleFileCheckpoint.ResolveTokenizer(o.Model, o.Tokenizer, o.ModelConfig) : null;
+        var model = LoadModel(o, log);
         try
         {
             string tokenizerKind = o.IsCompact ? "hash" : "clip";
-            var tokenizer = TokenizerFor(o.Model, tokenizerKind);
+            string? padToken = o.IsSingleFile ? model.Info()["single_file"]?["tokenizer_pad_token"]?.GetValue<string>() : null;
+            var tokenizer = TokenizerFor(o.Model, tokenizerKind, tokenizerDir, padToken);
             var prompts = new List<CategoryPrompts>();
             var shotPaths = new Dictionary<string, IReadOnlyList<string>>();
             var shotImages = new Dictionary<string, List<RgbImage>>();
@@ -153,6 +178,8 @@ public static class Fitting
                 o.Distance == DistanceKind.LpipsAlex ? "lpips_alex" : "resnet18_uniform", prompts, shotPaths, tokenizerKind)
             {
                 FitOptions = JsonSerializer.SerializeToNode(o, FitOptionsJson) as JsonObject,
+                TokenizerDir = tokenizerDir,
+                PadToken = padToken,
                 AnalysisSize = size,
                 EvalSize = o.ResolvedEvalSize,
                 WindowContext = window,
