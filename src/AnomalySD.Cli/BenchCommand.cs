@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using System.Globalization;
+using AnomalySD.Checkpoints;
 using AnomalySD.Data;
 using AnomalySD.Engine;
 using AnomalySD.Masks;
@@ -164,7 +165,7 @@ public static class BenchCommand
     private static InpaintingModel Open(BenchVerb o, ModelDtype dtype) =>
         o.Model is "compact" or "sd2-inpainting" ? InpaintingModel.CreatePreset(o.Model, o.Seed, o.Device, dtype)
         : SingleFileCheckpoint.IsSingleFile(o.Model) ? InpaintingModel.LoadSingleFile(o.Model, new SingleFileOptions(o.ModelConfig), o.Device, dtype)
-        : InpaintingModel.Load(o.Model, o.Device, dtype);
+        : CheckpointLoader.LoadModel(o.Model, o.Device, dtype);
 
     /// <summary>One load of --model: wall time and the process's peak resident set (Linux VmHWM, reset just before), against the
     /// size on disk (a file, or a folder's weights).</summary>

@@ -64,7 +64,7 @@ public static class DetectCommand
             catch (ImageLoadException e) { log.LogWarning("skipped: {Message}", e.Message); failures++; continue; }
             var r = detector.Detect(o.Category, [image], restored: pictures is not null, threshold: o.Threshold)[0];
             string decision = r.IsAnomalous is bool anomalous ? (anomalous ? "\tanomalous" : "\tnormal") : "";
-            output.WriteLine(string.Create(CultureInfo.InvariantCulture, $"{file}\t{r.RawScore:G6}\t{(r.Score is double n ? n.ToString("F4", CultureInfo.InvariantCulture) : "n/a")}{decision}"));
+            output.WriteLine(string.Create(CultureInfo.InvariantCulture, $"{file}\t{r.RawScore:G9}\t{(r.Score is double n ? n.ToString("F4", CultureInfo.InvariantCulture) : "n/a")}{decision}"));
             if (pictures is not null)
             {
                 using var panel = Visuals.Panel(image, r.DisplayMap, r.PredictedMask, null, r.Restored);

@@ -2,6 +2,7 @@ using System.Text.Json.Nodes;
 using AnomalySD.Cli;
 using AnomalySD.Engine;
 using AnomalySD.Native;
+using AnomalySD.Checkpoints;
 using AnomalySD.Detection;
 using Xunit;
 
@@ -41,7 +42,7 @@ public sealed class SingleFileTests : IDisposable
         };
         fit.Validate();
         Assert.Equal(0, FitCommand.Run(fit));
-        using (var loaded = InpaintingModel.Load(ckpt))
+        using (var loaded = CheckpointLoader.LoadModel(ckpt, "cpu", ModelDtype.F32))
         {
             var meta = loaded.Info()["metadata"]!.AsObject();
             Assert.Equal(Path.GetFullPath(file), meta["model_source"]!.GetValue<string>());
