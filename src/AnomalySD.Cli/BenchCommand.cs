@@ -223,6 +223,22 @@ public static class BenchCommand
         output.WriteLine(string.Create(CultureInfo.InvariantCulture, $"| build bank | {buildMs:F0} | {buildPeak / 1048576.0:F0} |"));
         output.WriteLine(string.Create(CultureInfo.InvariantCulture, $"| one error map | {mapMs:F0} | {mapPeak / 1048576.0:F0} |"));
         output.WriteLine(string.Create(CultureInfo.InvariantCulture, $"(process peak before the bank: {baseline / 1048576.0:F0} MB)"));
+        // What dynamic batching buys the E-only path: error maps of a batch in one engine call (the backbone runs once on it).
+        output.WriteLine();
+        output.WriteLine("| error maps per engine call | ms per image (min / median of 3) |");
+        output.WriteLine("|---|---|");
+        foreach (int batch in new[] { 1, 4, 16 })
+        {
+            var images = Enumerable.Range(0, batch).Select(i => SyntheticImage(size, o.Seed + 200 + (ulong)i)).ToList();
+            model.ErrorMaps("bench", images); // warm-up at this batch size
+            var times = Enumerable.Range(0, 3).Select(_ =>
+            {
+                var w = Stopwatch.StartNew();
+                model.ErrorMaps("bench", images);
+                return w.Elapsed.TotalMilliseconds / batch;
+            }).Order().ToList();
+            output.WriteLine(string.Create(CultureInfo.InvariantCulture, $"| {batch} | {times[0]:F1} / {times[1]:F1} |"));
+        }
         return 0;
     }
 
