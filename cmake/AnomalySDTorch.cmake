@@ -16,6 +16,17 @@ if(ANOMALYSD_CUDA)
     endif()
   endif()
   enable_language(CUDA)
+  # Torch's CMake config appends -gencode flags of its own to CMAKE_CUDA_FLAGS: for TORCH_CUDA_ARCH_LIST, else for
+  # the GPU it detects, else for a list of common architectures (libtorch-cuda 2.6: sm_50 to sm_90a). Keep the kernels
+  # to CMAKE_CUDA_ARCHITECTURES: 80;90 -> TORCH_CUDA_ARCH_LIST 8.0;9.0 (not for 'native', 'all' or 'all-major').
+  if(NOT DEFINED TORCH_CUDA_ARCH_LIST AND NOT DEFINED ENV{TORCH_CUDA_ARCH_LIST} AND CMAKE_CUDA_ARCHITECTURES MATCHES "^[0-9]")
+    set(TORCH_CUDA_ARCH_LIST "")
+    foreach(arch IN LISTS CMAKE_CUDA_ARCHITECTURES)
+      string(REGEX REPLACE "-(real|virtual)$" "" arch "${arch}")
+      string(REGEX REPLACE "^([0-9]+)([0-9])(a?)$" "\\1.\\2\\3" arch "${arch}")
+      list(APPEND TORCH_CUDA_ARCH_LIST "${arch}")
+    endforeach()
+  endif()
 endif()
 
 find_package(Torch REQUIRED)
