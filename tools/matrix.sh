@@ -248,11 +248,16 @@ leg_torch2_cpu() {
   local ok=0
   in_root "$root" bash -c "ctest --test-dir '$build' --output-on-failure" 2>&1 | tee "$logs/torch2-cpu.ctest.log" || ok=1
   log "torch2-cpu: dotnet test against $build/native/libanomalysd.so"
+  local engine_env=(DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_NOLOGO=1 DOTNET_CLI_WORKLOAD_UPDATE_NOTIFY_DISABLE=true DOTNET_ROOT="$DOTNET_ROOT_DIR"
+    ANOMALYSD_NATIVE_PATH="$build/native" ANOMALYSD_RESNET18="$REPO/build/native/native/resnet18_imagenet.safetensors")
+  # Proof that the managed host loads this engine, not the 1.13 copy beside it: the CLI reports the libtorch.
+  local info
+  info="$(in_root "$root" "${engine_env[@]}" "$REPO/src/AnomalySD.Cli/bin/Release/net10.0/anomalysd" info)"
+  echo "$info"
+  grep -Eq "^libtorch +${version%%+*}$" <<<"$info" || { SUMMARY="the managed host did not load the libtorch $version engine"; return 1; }
   # The tests run from the host's managed build; ANOMALYSD_NATIVE_PATH makes them load this engine instead of the
   # copy beside them; the ResNet18 backbone comes from the host build (weights do not depend on the libtorch).
-  in_root "$root" DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_NOLOGO=1 DOTNET_SKIP_FIRST_TIME_EXPERIENCE=1 \
-    ANOMALYSD_NATIVE_PATH="$build/native" ANOMALYSD_RESNET18="$REPO/build/native/native/resnet18_imagenet.safetensors" \
-    "$DOTNET_ROOT_DIR/dotnet" test "$REPO/AnomalySD.sln" -c Release --no-build -nologo 2>&1 | tee "$logs/torch2-cpu.dotnet.log" || ok=1
+  in_root "$root" "${engine_env[@]}" "$DOTNET_ROOT_DIR/dotnet" test "$REPO/AnomalySD.sln" -c Release --no-build -nologo 2>&1 | tee "$logs/torch2-cpu.dotnet.log" || ok=1
   SUMMARY="libtorch $version CPU; ctest $(ctest_counts "$logs/torch2-cpu.ctest.log"); dotnet test $(dotnet_counts "$logs/torch2-cpu.dotnet.log")"
   return "$ok"
 }
@@ -273,7 +278,11 @@ leg_cuda_build() {
     cmake --build '$build' -j $JOBS
     for f in native/libanomalysd.so native/tests/anomalysd_tests native/bench/anomalysd_bench; do
       test -f '$build'/\$f || { echo \"matrix: \$f was not built\" >&2; exit 1; }
-    done"
+    done
+    # The engine must load libtorch_cuda itself (its static initialisers register the CUDA backend), also when the
+    # managed host loads it alone.
+    readelf -d '$build'/native/libanomalysd.so | grep -q 'NEEDED.*libtorch_cuda' ||
+      { echo 'matrix: libanomalysd.so does not link libtorch_cuda' >&2; exit 1; }"
   log "cuda-build: ctest (no device: the CUDA tests skip)"
   local ok=0
   in_root "$root" LD_LIBRARY_PATH=/opt/cudnn-stub/lib bash -c "ctest --test-dir '$build' --output-on-failure" 2>&1 |
