@@ -124,8 +124,8 @@ public static class BenchCommand
                 $"UNet work: {model.UnetGflops(size, size):F3} GFLOP per forward, {unetGflop:F1} GFLOP per image; GEMM peak measured now: {peak:F1} GFLOP/s ({dtypeName}, 2048x2048)"));
             // Warm-up (allocator, oneDNN kernels) outside the timings.
             Workload(model, image, masks.Take(2).ToList(), new InpaintOptions(o.NumInferenceSteps, o.NoiseStrength, 2, o.Seed, InpaintSize: size), resnet is not null);
-            TryResetPeak(o.Device);
-            output.WriteLine(string.Create(CultureInfo.InvariantCulture, $"memory after the warm-up (model and buffers; the peak MB below includes it): {TryPeak(o.Device) / 1048576.0:F0} MB"));
+            EngineInfo.TryResetPeakMemory(o.Device);
+            output.WriteLine(string.Create(CultureInfo.InvariantCulture, $"memory after the warm-up (model and buffers; the peak MB below includes it): {EngineInfo.TryPeakMemory(o.Device) / 1048576.0:F0} MB"));
             output.WriteLine("| window | mode | batch | ms per image (median) | min | peak MB | UNet GFLOP/s | % of GEMM peak |");
             output.WriteLine("|---|---|---|---|---|---|---|---|");
             foreach (var window in o.Windows)
