@@ -254,7 +254,7 @@ leg_torch2_cpu() {
   local version
   version="$(in_root "$root" dpkg-query -W -f='${Version}' libtorch-dev)"
   log "torch2-cpu: build (libtorch-dev $version, Release)"
-  in_root "$root" CCACHE_DIR=/var/cache/ccache CCACHE_SLOPPINESS="$CCACHE_SLOPPY" bash -c "
+  in_root "$root" CCACHE_DIR=/var/cache/ccache CCACHE_SLOPPINESS="$CCACHE_SLOPPY" CCACHE_BASEDIR="$REPO" bash -c "
     set -euo pipefail
     cmake -S '$REPO' -B '$build' -DCMAKE_BUILD_TYPE=Release -DANOMALYSD_CUDA=OFF
     cmake --build '$build' -j $JOBS"
@@ -302,7 +302,7 @@ leg_cuda_build() {
   version="$(in_root "$root" dpkg-query -W -f='${Version}' libtorch-cuda-dev)"
   nvcc="$(in_root "$root" nvcc --version | sed -n 's/.*release \([0-9.]*\).*/\1/p')"
   log "cuda-build: build (libtorch-cuda-dev $version, nvcc $nvcc with g++-13, CUDA_ARCH $CUDA_ARCH)"
-  in_root "$root" CCACHE_DIR=/var/cache/ccache CCACHE_SLOPPINESS="$CCACHE_SLOPPY" LD_LIBRARY_PATH=/opt/cudnn-stub/lib CUDA_ARCH="$CUDA_ARCH" bash -c "
+  in_root "$root" CCACHE_DIR=/var/cache/ccache CCACHE_SLOPPINESS="$CCACHE_SLOPPY" CCACHE_BASEDIR="$REPO" LD_LIBRARY_PATH=/opt/cudnn-stub/lib CUDA_ARCH="$CUDA_ARCH" bash -c "
     set -euo pipefail
     source '$REPO/tools/cuda_cmake.sh'
     mapfile -t args < <(cuda_cmake_args)
