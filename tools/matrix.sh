@@ -96,10 +96,21 @@ mount_system() {
 }
 
 # ---------------------------------------------------------------------------------------------------------------
+# host_tools: what the host needs to make a root, installed with apt when missing (a fresh Debian 12 machine has no
+# debootstrap; its debian-archive-keyring already holds Debian 13's keys). Serialised by apt's own lock.
+host_tools() {
+  command -v debootstrap >/dev/null && return 0
+  log "host: installing debootstrap (apt)"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends debootstrap debian-archive-keyring
+}
+
+# ---------------------------------------------------------------------------------------------------------------
 # ensure_root NAME FIXUP PACKAGES...: the root $CACHE/NAME with PACKAGES installed (apt, no recommends), made when
 # missing. FIXUP (a function name or '-') runs inside the root's mounts after the packages are unpacked. A root is
 # taken as done only when its stamp lists the same packages, so an interrupted or older root is completed, not reused.
 ensure_root() {
+  host_tools
   mkdir -p "$CACHE/debs"
   # One maker per root, the lock held only while making; a subshell so that its mounts are undone when it ends.
   (
