@@ -59,6 +59,8 @@ build_native() {
   # ccache (the compiler launcher when installed) can only reuse objects built with precompiled headers when
   # told to ignore the PCH's __DATE__/__TIME__ and defines.
   export CCACHE_SLOPPINESS="${CCACHE_SLOPPINESS:-pch_defines,time_macros,include_file_mtime,include_file_ctime}"
+  # Paths under the clone hashed relative to it: another clone of the same sources (CI's) reuses the objects.
+  export CCACHE_BASEDIR="${CCACHE_BASEDIR:-$ROOT}"
   # shellcheck disable=SC2046
   cmake -S "$ROOT" -B "$NATIVE_BUILD" -DCMAKE_BUILD_TYPE="$BUILD_TYPE" -DANOMALYSD_CUDA="${ANOMALYSD_CUDA:-OFF}" $(torch_args)
   cmake --build "$NATIVE_BUILD" -j "$JOBS"

@@ -16,6 +16,29 @@ if(ANOMALYSD_CUDA)
     endif()
   endif()
   enable_language(CUDA)
+  # CMake puts nvcc's implicit link directories on the link line of every target with CUDA objects, ahead of the C++
+  # compiler's own. When nvcc's host compiler is another GCC than the C++ compiler (Debian 13: g++-13 for nvcc 12.4,
+  # g++ 14 for C++), that holds the other GCC's libstdc++.so (/usr/lib/gcc/x86_64-linux-gnu/13), which the link then
+  # takes: GCC 13's lacks __cxa_call_terminate (CXXABI_1.3.15), which the GCC 14 code (ours, libgtest.a, libtorch's
+  # libfmt.so.10) calls. Drop such directories; the C++ compiler links its own libstdc++.
+  set(_asd_cuda_link_dirs ${CMAKE_CUDA_IMPLICIT_LINK_DIRECTORIES})
+  foreach(dir IN LISTS _asd_cuda_link_dirs)
+    if(EXISTS "${dir}/libstdc++.so" AND NOT dir IN_LIST CMAKE_CXX_IMPLICIT_LINK_DIRECTORIES)
+      list(REMOVE_ITEM CMAKE_CUDA_IMPLICIT_LINK_DIRECTORIES "${dir}")
+      message(STATUS "AnomalySD: not linking nvcc's host compiler libraries from ${dir}")
+    endif()
+  endforeach()
+  # Torch's CMake config appends -gencode flags of its own to CMAKE_CUDA_FLAGS: for TORCH_CUDA_ARCH_LIST, else for
+  # the GPU it detects, else for a list of common architectures (libtorch-cuda 2.6: sm_50 to sm_90a). Keep the kernels
+  # to CMAKE_CUDA_ARCHITECTURES: 80;90 -> TORCH_CUDA_ARCH_LIST 8.0;9.0 (not for 'native', 'all' or 'all-major').
+  if(NOT DEFINED TORCH_CUDA_ARCH_LIST AND NOT DEFINED ENV{TORCH_CUDA_ARCH_LIST} AND CMAKE_CUDA_ARCHITECTURES MATCHES "^[0-9]")
+    set(TORCH_CUDA_ARCH_LIST "")
+    foreach(arch IN LISTS CMAKE_CUDA_ARCHITECTURES)
+      string(REGEX REPLACE "-(real|virtual)$" "" arch "${arch}")
+      string(REGEX REPLACE "^([0-9]+)([0-9])(a?)$" "\\1.\\2\\3" arch "${arch}")
+      list(APPEND TORCH_CUDA_ARCH_LIST "${arch}")
+    endforeach()
+  endif()
 endif()
 
 find_package(Torch REQUIRED)

@@ -11,7 +11,11 @@
 #                                nvidia-smi.txt, build.log, ctest.log and bench.log to $OUT (default build/gpu-out).
 #   tools/gpu_check.sh clean     removes .gpu/.
 #
-# Environment: CUDA_ARCH (default 90: Hopper), JOBS (default nproc), BENCH_FILTER (default 'Cuda').
+# It configures exactly as the cuda-build leg of tools/matrix.sh (tools/cuda_cmake.sh: CUDA_ARCH '80;90', nvcc's host
+# compiler g++-13 when installed, the C++ code by the default c++), so what links there links here.
+#
+# Environment: CUDA_ARCH (default '80;90': A100, H100/H200), CUDA_HOST_CXX (default g++-13 if installed, else c++),
+# JOBS (default nproc), BENCH_FILTER (default 'Cuda').
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -43,9 +47,13 @@ run() {
   python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, torch.cuda.get_device_name(0))' | tee "$out/build.log"
   local generator=()
   command -v ninja >/dev/null && generator=(-G Ninja)
-  cmake -S "$ROOT" -B "$build" "${generator[@]}" -DCMAKE_BUILD_TYPE=Release -DANOMALYSD_CUDA=ON \
-    -DCMAKE_CUDA_ARCHITECTURES="${CUDA_ARCH:-90}" -DCMAKE_PREFIX_PATH="$torch_prefix;$STAGE/deps" \
-    -DANOMALYSD_GTEST_SOURCE_DIR="$STAGE/src/googletest" 2>&1 | tee -a "$out/build.log"
+  # shellcheck source=tools/cuda_cmake.sh
+  source "$ROOT/tools/cuda_cmake.sh"
+  local cuda_args
+  mapfile -t cuda_args < <(cuda_cmake_args "$STAGE/src/googletest")
+  echo "nvcc host compiler: $(cuda_host_cxx) ($("$(cuda_host_cxx)" -dumpfullversion)); c++ $(c++ -dumpfullversion); CUDA_ARCH ${CUDA_ARCH:-80;90}" | tee -a "$out/build.log"
+  cmake -S "$ROOT" -B "$build" "${generator[@]}" -DCMAKE_BUILD_TYPE=Release "${cuda_args[@]}" \
+    -DCMAKE_PREFIX_PATH="$torch_prefix;$STAGE/deps" 2>&1 | tee -a "$out/build.log"
   cmake --build "$build" -j "${JOBS:-$(nproc)}" 2>&1 | tee -a "$out/build.log"
   export LD_LIBRARY_PATH="$STAGE/deps/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}"
   # The native tests read ../shared/golden and ../shared/weights; the staged copies stand in.

@@ -50,23 +50,42 @@ BENCHMARK(BM_CompactUNetStep)->ArgNames({"batch", "latent", "shared_context"})
     ->Args({1, 64, 0})->Args({8, 64, 0})->Args({1, 32, 0})->Args({8, 32, 0})->Args({8, 32, 1})
     ->Args({1, 16, 0})->Args({4, 16, 0})->Args({16, 16, 0})->Args({16, 16, 1})->Args({32, 16, 1})->Args({86, 16, 1})->Unit(benchmark::kMillisecond);
 
-// The same UNet with channels-last weights and inputs (oneDNN's preferred layout on CPU).
-void BM_CompactUNetStepChannelsLast(benchmark::State& state) {
-  c10::InferenceMode guard;
+// channels_last (NHWC, oneDNN's preferred layout on the CPU) for the convolutions: the UNet with channels-last conv
+// weights and input, on the same workloads as BM_CompactUNetStep (same guard: NoGradGuard).
+SdComponents& compact_channels_last() {
   static SdComponents c = [] {
     SdComponents s = compact_preset(0);
-    for (auto& p : s.unet->parameters()) {
-      if (p.dim() == 4) p.set_data(p.contiguous(torch::MemoryFormat::ChannelsLast));
+    for (auto* m : {static_cast<torch::nn::Module*>(s.unet.get()), static_cast<torch::nn::Module*>(s.vae.get())}) {
+      for (auto& p : m->parameters()) {
+        if (p.dim() == 4) p.set_data(p.contiguous(torch::MemoryFormat::ChannelsLast));
+      }
     }
     return s;
   }();
+  return c;
+}
+
+void BM_CompactUNetStepChannelsLast(benchmark::State& state) {
+  torch::NoGradGuard ng;
+  auto& c = compact_channels_last();
   const int64_t batch = state.range(0), latent = state.range(1);
+  const bool shared = state.range(2) == 1;
   const auto x = torch::randn({batch, 9, latent, latent}).contiguous(torch::MemoryFormat::ChannelsLast);
-  const auto ctx = torch::randn({batch, 77, 64});
+  const auto ctx = torch::randn({shared ? 1 : batch, 77, 64});
   const auto t = torch::tensor({500}, torch::kInt64);
   for (auto _ : state) benchmark::DoNotOptimize(c.unet->forward(x, t, ctx));
 }
-BENCHMARK(BM_CompactUNetStepChannelsLast)->Args({1, 32})->Args({8, 32})->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_CompactUNetStepChannelsLast)->ArgNames({"batch", "latent", "shared_context"})
+    ->Args({1, 32, 0})->Args({8, 32, 0})->Args({8, 32, 1})->Args({16, 16, 1})->Args({32, 16, 1})->Unit(benchmark::kMillisecond);
+
+// VAE encode + decode at 64x64 with channels-last weights and input (compare BM_CompactVae64).
+void BM_CompactVae64ChannelsLast(benchmark::State& state) {
+  c10::InferenceMode guard;
+  auto& c = compact_channels_last();
+  const auto x = torch::rand({state.range(0), 3, 64, 64}).contiguous(torch::MemoryFormat::ChannelsLast);
+  for (auto _ : state) benchmark::DoNotOptimize(c.vae->decode(c.vae->encode(x).first));
+}
+BENCHMARK(BM_CompactVae64ChannelsLast)->Arg(1)->Arg(86)->Unit(benchmark::kMillisecond);
 
 void BM_CompactVaeDecode512(benchmark::State& state) {
   torch::NoGradGuard ng;

@@ -12,6 +12,7 @@
 #include "io/json_config.h"
 #include "io/safetensors.h"
 #include "io/state_dict.h"
+#include "models/attention.h"
 #include "models/clip_text.h"
 #include "test_util.h"
 
@@ -28,18 +29,22 @@ asd::ClipTextModel load_golden_model(const std::string& name) {
   return model;
 }
 
-// The golden output of `name` vs ours: max abs error, printed, must be <= 1e-4 (golden/README.md).
+// The golden output of `name` vs ours: max abs error, printed, must be <= 1e-4 (golden/README.md), under every
+// attention kernel this libtorch has (models/attention.h): manual, and fused (is_causal) from 2.0.
 void check_golden(const std::string& name, const std::string& expected_act) {
   asd::ClipTextModel model = load_golden_model(name);
   EXPECT_EQ(model->config().hidden_act, expected_act);
   const asd::TensorMap io = asd::safetensors::load(shared_path("golden/" + name + "/io.safetensors"));
   torch::NoGradGuard no_grad;
-  const torch::Tensor out = model->forward(io.at("input_ids"));
-  const torch::Tensor& expected = io.at("last_hidden_state");
-  ASSERT_EQ(out.sizes(), expected.sizes());
-  const double err = max_abs_error(out, expected);
-  std::cout << "  [" << name << "] last_hidden_state max abs error = " << err << "\n";
-  EXPECT_LE(err, 1e-4);
+  for (const auto kernel : asd::models::available_attention_kernels()) {
+    asd::models::ScopedAttentionKernel use(kernel);
+    const torch::Tensor out = model->forward(io.at("input_ids"));
+    const torch::Tensor& expected = io.at("last_hidden_state");
+    ASSERT_EQ(out.sizes(), expected.sizes());
+    const double err = max_abs_error(out, expected);
+    std::cout << "  [" << name << ", " << asd::models::to_string(kernel) << " attention] last_hidden_state max abs error = " << err << "\n";
+    EXPECT_LE(err, 1e-4) << asd::models::to_string(kernel);
+  }
 }
 
 }  // namespace

@@ -7,6 +7,7 @@
 
 #include "core/error.h"
 #include "io/safetensors.h"
+#include "models/attention.h"
 #include "pipeline/inpaint.h"
 #include "pipeline/sd_pipeline.h"
 #include "test_util.h"
@@ -151,6 +152,21 @@ TEST(Inpaint, BatchSizeFromMemoryIsClamped) {
     EXPECT_EQ(choose_batch_size(f.c, 64, 64, 86), 32);
     EXPECT_EQ(choose_batch_size(f.c, 128, 128, 86), 8);
     EXPECT_EQ(choose_batch_size(f.c, 64, 64, 5), 5);
+  }
+}
+
+TEST(Inpaint, BatchMemoryEstimateCountsScoreMatricesOnlyForTheManualAttention) {
+  Fixture f;
+  int64_t manual = 0;
+  {
+    asd::models::ScopedAttentionKernel use(asd::models::AttentionKernel::kManual);
+    manual = estimate_bytes_per_mask(f.c, 64, 64);
+  }
+  // Compact at 64x64: 16x16 latents; cross-attention levels 1 and 2 at 8x8 and 4x4 positions, 4 heads, fp32: scores
+  // and probabilities 2 x 4 x (64² + 16²) x 4 B = 139,264 B per mask.
+  for (const auto kernel : asd::models::available_attention_kernels()) {
+    asd::models::ScopedAttentionKernel use(kernel);
+    EXPECT_EQ(manual - estimate_bytes_per_mask(f.c, 64, 64), kernel == asd::models::AttentionKernel::kFused ? 139264 : 0);
   }
 }
 

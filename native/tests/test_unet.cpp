@@ -9,6 +9,7 @@
 #include "core/error.h"
 #include "io/safetensors.h"
 #include "io/state_dict.h"
+#include "models/attention.h"
 #include "models/unet_2d_condition.h"
 #include "models/unet_flops.h"
 #include "test_util.h"
@@ -23,14 +24,18 @@ UNet2DConditionModel load_golden_unet(const std::string& c) {
   return asd::models::load_unet(golden(c, "config.json"), golden(c, "weights.safetensors"));
 }
 
+// Under every attention kernel this libtorch has (models/attention.h): manual, and fused from 2.0.
 void check_golden(const std::string& c) {
   torch::NoGradGuard no_grad;
   UNet2DConditionModel unet = load_golden_unet(c);
   const asd::TensorMap io = asd::safetensors::load(golden(c, "io.safetensors"));
-  const torch::Tensor out = unet->forward(io.at("sample"), io.at("timestep"), io.at("encoder_hidden_states"));
-  const double err = asd::test::max_abs_error(out, io.at("out"));
-  std::cout << "  [" << c << "] max abs error vs diffusers 0.21: " << err << "\n";
-  EXPECT_LE(err, 1e-4);
+  for (const auto kernel : asd::models::available_attention_kernels()) {
+    asd::models::ScopedAttentionKernel use(kernel);
+    const torch::Tensor out = unet->forward(io.at("sample"), io.at("timestep"), io.at("encoder_hidden_states"));
+    const double err = asd::test::max_abs_error(out, io.at("out"));
+    std::cout << "  [" << c << ", " << asd::models::to_string(kernel) << " attention] max abs error vs diffusers 0.21: " << err << "\n";
+    EXPECT_LE(err, 1e-4) << asd::models::to_string(kernel);
+  }
   // The reference output is not trivially small: an error bound of 1e-4 means something.
   EXPECT_GT(io.at("out").abs().max().item<double>(), 1e-2);
 }

@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using System.Globalization;
+using AnomalySD.Checkpoints;
 using AnomalySD.Data;
 using AnomalySD.Engine;
 using AnomalySD.Masks;
@@ -123,6 +124,8 @@ public static class BenchCommand
                 $"UNet work: {model.UnetGflops(size, size):F3} GFLOP per forward, {unetGflop:F1} GFLOP per image; GEMM peak measured now: {peak:F1} GFLOP/s ({dtypeName}, 2048x2048)"));
             // Warm-up (allocator, oneDNN kernels) outside the timings.
             Workload(model, image, masks.Take(2).ToList(), new InpaintOptions(o.NumInferenceSteps, o.NoiseStrength, 2, o.Seed, InpaintSize: size), resnet is not null);
+            EngineInfo.TryResetPeakMemory(o.Device);
+            output.WriteLine(string.Create(CultureInfo.InvariantCulture, $"memory after the warm-up (model and buffers; the peak MB below includes it): {EngineInfo.TryPeakMemory(o.Device) / 1048576.0:F0} MB"));
             output.WriteLine("| window | mode | batch | ms per image (median) | min | peak MB | UNet GFLOP/s | % of GEMM peak |");
             output.WriteLine("|---|---|---|---|---|---|---|---|");
             foreach (var window in o.Windows)
@@ -164,7 +167,7 @@ public static class BenchCommand
     private static InpaintingModel Open(BenchVerb o, ModelDtype dtype) =>
         o.Model is "compact" or "sd2-inpainting" ? InpaintingModel.CreatePreset(o.Model, o.Seed, o.Device, dtype)
         : SingleFileCheckpoint.IsSingleFile(o.Model) ? InpaintingModel.LoadSingleFile(o.Model, new SingleFileOptions(o.ModelConfig), o.Device, dtype)
-        : InpaintingModel.Load(o.Model, o.Device, dtype);
+        : CheckpointLoader.LoadModel(o.Model, o.Device, dtype);
 
     /// <summary>One load of --model: wall time and the process's peak resident set (Linux VmHWM, reset just before), against the
     /// size on disk (a file, or a folder's weights).</summary>
@@ -222,6 +225,22 @@ public static class BenchCommand
         output.WriteLine(string.Create(CultureInfo.InvariantCulture, $"| build bank | {buildMs:F0} | {buildPeak / 1048576.0:F0} |"));
         output.WriteLine(string.Create(CultureInfo.InvariantCulture, $"| one error map | {mapMs:F0} | {mapPeak / 1048576.0:F0} |"));
         output.WriteLine(string.Create(CultureInfo.InvariantCulture, $"(process peak before the bank: {baseline / 1048576.0:F0} MB)"));
+        // What dynamic batching buys the E-only path: error maps of a batch in one engine call (the backbone runs once on it).
+        output.WriteLine();
+        output.WriteLine("| error maps per engine call | ms per image (min / median of 3) |");
+        output.WriteLine("|---|---|");
+        foreach (int batch in new[] { 1, 4, 16 })
+        {
+            var images = Enumerable.Range(0, batch).Select(i => SyntheticImage(size, o.Seed + 200 + (ulong)i)).ToList();
+            model.ErrorMaps("bench", images); // warm-up at this batch size
+            var times = Enumerable.Range(0, 3).Select(_ =>
+            {
+                var w = Stopwatch.StartNew();
+                model.ErrorMaps("bench", images);
+                return w.Elapsed.TotalMilliseconds / batch;
+            }).Order().ToList();
+            output.WriteLine(string.Create(CultureInfo.InvariantCulture, $"| {batch} | {times[0]:F1} / {times[1]:F1} |"));
+        }
         return 0;
     }
 

@@ -17,7 +17,7 @@ public sealed class ConvertVerb
     [Option("prediction-type", HelpText = "What the UNet predicts: epsilon (default, SD inpainting), v_prediction or sample; written to scheduler/.")]
     public string? PredictionType { get; set; }
 
-    [Option("tokenizer", HelpText = "A folder with the CLIP tokenizer files (vocab.json, merges.txt); default: <model-config>/tokenizer, tokenizer/ beside the file, or $ANOMALYSD_TOKENIZER.")]
+    [Option("tokenizer", HelpText = "A folder with the CLIP tokenizer files (vocab.json, merges.txt); default: <model-config>/tokenizer, tokenizer/ beside the file, $ANOMALYSD_TOKENIZER, else the bundled CLIP BPE.")]
     public string? Tokenizer { get; set; }
 
     [Option("out", Required = true, HelpText = "The diffusers folder to write (atomically). An existing non-empty folder is refused unless convert wrote it.")]

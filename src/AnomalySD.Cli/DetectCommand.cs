@@ -60,7 +60,7 @@ public static class DetectCommand
         void Write(string file, string name, RgbImage image, DetectionResult r)
         {
             string decision = r.IsAnomalous is bool anomalous ? (anomalous ? "\tanomalous" : "\tnormal") : "";
-            output.WriteLine(string.Create(CultureInfo.InvariantCulture, $"{file}\t{r.RawScore:G6}\t{(r.Score is double n ? n.ToString("F4", CultureInfo.InvariantCulture) : "n/a")}{decision}"));
+            output.WriteLine(string.Create(CultureInfo.InvariantCulture, $"{file}\t{r.RawScore:G9}\t{(r.Score is double n ? n.ToString("F4", CultureInfo.InvariantCulture) : "n/a")}{decision}"));
             if (pictures is not null)
             {
                 using var panel = Visuals.Panel(image, r.DisplayMap, r.PredictedMask, null, r.Restored);

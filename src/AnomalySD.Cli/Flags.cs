@@ -260,7 +260,7 @@ public abstract class FitFlags : ScoringFlags
     [Option("prediction-type", HelpText = "Single files: what the UNet predicts: epsilon (default, SD inpainting), v_prediction or sample.")]
     public string? PredictionType { get; set; }
 
-    [Option("tokenizer", HelpText = "Single files: a folder with the CLIP tokenizer files (vocab.json, merges.txt); default: <model-config>/tokenizer, tokenizer/ beside the file, or $ANOMALYSD_TOKENIZER.")]
+    [Option("tokenizer", HelpText = "Single files: a folder with the CLIP tokenizer files (vocab.json, merges.txt); default: <model-config>/tokenizer, tokenizer/ beside the file, $ANOMALYSD_TOKENIZER, else the bundled CLIP BPE.")]
     public string? Tokenizer { get; set; }
 
     [Option("image-size", Default = 0, HelpText = "Inpainting resolution: what the model runs at (0: 64 for compact, 512 for SD); a multiple of 32.")]

@@ -20,7 +20,10 @@ public sealed class ProcessRunner : IDisposable
         foreach (string a in args) start.ArgumentList.Add(a);
         if (workingDirectory is not null) start.WorkingDirectory = workingDirectory;
         start.Environment["ANOMALYSD_NUM_THREADS"] = "1";
-        start.Environment["ANOMALYSD_NATIVE_PATH"] = AppContext.BaseDirectory;
+        // The engine the tests run against: the one named by ANOMALYSD_NATIVE_PATH (tools/matrix.sh: libtorch 2.6), else the
+        // copy beside the tests.
+        start.Environment["ANOMALYSD_NATIVE_PATH"] = Environment.GetEnvironmentVariable("ANOMALYSD_NATIVE_PATH") is { Length: > 0 } engine
+            ? engine : AppContext.BaseDirectory;
         _process = new Process { StartInfo = start };
         _process.OutputDataReceived += (_, e) => { if (e.Data is not null) lock (_stdout) _stdout.AppendLine(e.Data); };
         _process.ErrorDataReceived += (_, e) => { if (e.Data is not null) lock (_stderr) _stderr.AppendLine(e.Data); };

@@ -1,7 +1,9 @@
 using System.Text.Json.Nodes;
 using AnomalySD.Cli;
 using AnomalySD.Engine;
+using AnomalySD.Text;
 using AnomalySD.Native;
+using AnomalySD.Checkpoints;
 using AnomalySD.Detection;
 using Xunit;
 
@@ -41,7 +43,7 @@ public sealed class SingleFileTests : IDisposable
         };
         fit.Validate();
         Assert.Equal(0, FitCommand.Run(fit));
-        using (var loaded = InpaintingModel.Load(ckpt))
+        using (var loaded = CheckpointLoader.LoadModel(ckpt, "cpu", ModelDtype.F32))
         {
             var meta = loaded.Info()["metadata"]!.AsObject();
             Assert.Equal(Path.GetFullPath(file), meta["model_source"]!.GetValue<string>());
@@ -127,7 +129,8 @@ public sealed class SingleFileTests : IDisposable
         var badPrediction = new FitVerb { Data = _dir, Model = file, PredictionType = "noise", Out = Path.Combine(_dir, "x") };
         Assert.Contains("--prediction-type 'noise'", Assert.Throws<ArgumentException>(badPrediction.Validate).Message);
         Assert.Contains("is a folder", Assert.Throws<ArgumentException>(new ConvertVerb { Model = configs, Out = Path.Combine(_dir, "y") }.Validate).Message);
-        // No tokenizer anywhere: a clear message before the model is loaded.
+        // No tokenizer given anywhere: the bundled CLIP BPE, byte for byte the golden tokenizer files (which
+        // ClipTokenizerTests check against the reference ids of SD 1.x and 2.x).
         string lone = Path.Combine(_dir, "lone");
         Directory.CreateDirectory(lone);
         string moved = Path.Combine(lone, "m.safetensors");
@@ -136,8 +139,14 @@ public sealed class SingleFileTests : IDisposable
         Environment.SetEnvironmentVariable(SingleFileCheckpoint.TokenizerEnvironmentVariable, null);
         try
         {
-            var e = Assert.Throws<FileNotFoundException>(() => SingleFileCheckpoint.ResolveTokenizer(moved, null, null));
-            Assert.Contains("carries no tokenizer", e.Message);
+            string bundled = SingleFileCheckpoint.ResolveTokenizer(moved, null, null);
+            Assert.Equal(Path.GetFullPath(SingleFileCheckpoint.BundledTokenizer), bundled);
+            foreach (string name in new[] { "vocab.json", "merges.txt" })
+                Assert.Equal(File.ReadAllBytes(TestPaths.Shared(Path.Combine("golden", "tokenizer_clip", name))), File.ReadAllBytes(Path.Combine(bundled, name)));
+            Assert.Equal(49408, ClipTokenizer.FromFolder(bundled).VocabSize);
+            // An explicit --tokenizer without the files is refused, not replaced by the bundled one.
+            var e = Assert.Throws<FileNotFoundException>(() => SingleFileCheckpoint.ResolveTokenizer(moved, lone, null));
+            Assert.Contains("does not hold vocab.json and merges.txt", e.Message);
         }
         finally { Environment.SetEnvironmentVariable(SingleFileCheckpoint.TokenizerEnvironmentVariable, saved); }
         // A refused pickle from the host: the typed exception and the global's name.

@@ -2,9 +2,8 @@
 
 #include <cmath>
 
-#include <torch/version.h>
-
 #include "core/error.h"
+#include "models/attention.h"
 
 namespace asd::models {
 
@@ -43,27 +42,7 @@ torch::Tensor ResnetBlock2DImpl::forward(const torch::Tensor& x, const torch::Te
 }
 
 // ---------------------------------------------------------------------------------------------------
-torch::Tensor scaled_dot_product_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, double scale,
-                                           bool upcast_qk, bool upcast_softmax) {
-  // torch::scaled_dot_product_attention exists only from libtorch 2.0; this is diffusers' AttnProcessor math.
-  // Not its baddbmm(beta = 0) on an uninitialised buffer: libtorch 1.13's CPU baddbmm reads that buffer for small
-  // matrices (NaN * 0 = NaN from leftover memory), so scores come from bmm, scaled in place.
-  const bool up = upcast_qk && q.scalar_type() != torch::kFloat32;
-  const torch::Tensor qq = up ? q.to(torch::kFloat32) : q;
-  const torch::Tensor kk = up ? k.to(torch::kFloat32) : k;
-  torch::Tensor scores = torch::bmm(qq, kk.transpose(1, 2)).mul_(scale);
-  torch::Tensor probs;
-  if (upcast_softmax && scores.scalar_type() != torch::kFloat32) {
-    probs = torch::softmax(scores, -1, torch::kFloat32);
-  } else {
-    probs = torch::softmax(scores, -1);
-  }
-  scores = torch::Tensor();
-  if (probs.scalar_type() != v.scalar_type()) probs = probs.to(v.scalar_type());
-  return torch::bmm(probs, v);
-}
-
-AttentionImpl::AttentionImpl(const AttentionOptions& o) : o_(o), scale_(1.0 / std::sqrt(static_cast<double>(o.dim_head))) {
+AttentionImpl::AttentionImpl(const AttentionOptions& o) : o_(o) {
   const int64_t inner = o.heads * o.dim_head;
   const int64_t ctx = o.cross_attention_dim > 0 ? o.cross_attention_dim : o.query_dim;
   if (o.norm_num_groups > 0) group_norm_ = register_module("group_norm", group_norm(o.norm_num_groups, o.query_dim, o.eps));
@@ -97,14 +76,10 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const torch::Tensor
   const torch::Tensor q = by_head(to_q_->forward(h), rows);
   const torch::Tensor k = by_head(to_k_->forward(src), lk);
   const torch::Tensor v = by_head(to_v_->forward(src), lk);
-  torch::Tensor out;
-#if TORCH_VERSION_MAJOR >= 2
-  out = at::scaled_dot_product_attention(q, k, v);  // its default scale is 1/sqrt(D) = scale_
-#else
-  out = scaled_dot_product_attention(q.reshape({n * heads, rows, d}), k.reshape({n * heads, lk, d}), v.reshape({n * heads, lk, d}), scale_,
-                                     o_.upcast_attention, o_.upcast_softmax || o_.upcast_attention)
-            .view({n, heads, rows, d});
-#endif
+  AttentionMath math;
+  math.upcast_qk = o_.upcast_attention;
+  math.upcast_softmax = o_.upcast_softmax || o_.upcast_attention;
+  torch::Tensor out = attend(q, k, v, math);  // [N,H,rows,D]
   out = out.transpose(1, 2).reshape({batch, lq, heads * d});
   out = to_out_0_->forward(out);
   if (spatial) out = out.transpose(1, 2).reshape({b, c, hh, ww});

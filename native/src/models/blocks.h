@@ -50,7 +50,8 @@ class ResnetBlock2DImpl : public torch::nn::Module {
 TORCH_MODULE(ResnetBlock2D);
 
 // ---------------------------------------------------------------------------------------------------
-/// diffusers `Attention` with the default processor: multi-head softmax(Q K^T / sqrt(dim_head)) V.
+/// diffusers `Attention`: multi-head softmax(Q K^T / sqrt(dim_head)) V through models/attention.h's kernel (the fused
+/// at::scaled_dot_product_attention of AttnProcessor2_0 under libtorch >= 2.0, AttnProcessor's math otherwise).
 /// Children: to_q, to_k, to_v, to_out.0 and, for the VAE form, group_norm.
 struct AttentionOptions {
   int64_t query_dim = 0;
@@ -78,16 +79,10 @@ class AttentionImpl : public torch::nn::Module {
 
  private:
   AttentionOptions o_;
-  double scale_;
   torch::nn::Linear to_q_{nullptr}, to_k_{nullptr}, to_v_{nullptr}, to_out_0_{nullptr};
   torch::nn::GroupNorm group_norm_{nullptr};
 };
 TORCH_MODULE(Attention);
-
-/// softmax(q k^T * scale) v for head-batched q [N,Lq,D], k [N,Lk,D], v [N,Lk,Dv] -> [N,Lq,Dv].
-/// `upcast`: scores and softmax in float32, probabilities cast back to v's dtype.
-torch::Tensor scaled_dot_product_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, double scale,
-                                           bool upcast_qk, bool upcast_softmax);
 
 // ---------------------------------------------------------------------------------------------------
 /// GEGLU: proj(x) = [hidden | gate]; out = hidden * gelu(gate) (exact erf GELU).

@@ -1,10 +1,8 @@
 #include "models/clip_text.h"
 
-#include <cmath>
-#include <limits>
-
 #include "core/error.h"
 #include "io/state_dict.h"
+#include "models/attention.h"
 
 namespace asd {
 
@@ -57,18 +55,14 @@ ClipEncoderLayerImpl::ClipEncoderLayerImpl(const ClipTextConfig& c)
   layer_norm2_ = register_module("layer_norm2", make_layer_norm(c));
 }
 
-torch::Tensor ClipEncoderLayerImpl::forward(const torch::Tensor& h, const torch::Tensor& causal_mask) {
+torch::Tensor ClipEncoderLayerImpl::forward(const torch::Tensor& h) {
   const int64_t B = h.size(0), S = h.size(1), D = h.size(2);
-  // Self-attention (CLIPAttention): q is scaled before the product, as in transformers.
+  // Causal self-attention (CLIPAttention): position i attends to j <= i.
   torch::Tensor x = layer_norm1_(h);
-  const double scale = 1.0 / std::sqrt(static_cast<double>(head_dim_));
   auto heads = [&](const torch::Tensor& t) { return t.view({B, S, num_heads_, head_dim_}).transpose(1, 2); };  // [B,H,S,d]
-  const torch::Tensor q = heads(q_proj_(x) * scale);
-  const torch::Tensor k = heads(k_proj_(x));
-  const torch::Tensor v = heads(v_proj_(x));
-  torch::Tensor w = torch::matmul(q, k.transpose(-1, -2)) + causal_mask;  // [B,H,S,S]
-  w = torch::softmax(w, -1);
-  x = torch::matmul(w, v).transpose(1, 2).reshape({B, S, D});
+  models::AttentionMath math;
+  math.causal = true;
+  x = models::attend(heads(q_proj_(x)), heads(k_proj_(x)), heads(v_proj_(x)), math).transpose(1, 2).reshape({B, S, D});
   torch::Tensor out = h + out_proj_(x);
   // MLP (CLIPMLP).
   x = fc1_(layer_norm2_(out));
@@ -101,10 +95,7 @@ torch::Tensor ClipTextModelImpl::forward(const torch::Tensor& input_ids) {
   const torch::Tensor ids = input_ids.to(table.device());
   const torch::Tensor positions = torch::arange(S, torch::TensorOptions().dtype(torch::kInt64).device(table.device()));
   torch::Tensor h = token_embedding_(ids) + position_embedding_(positions).unsqueeze(0);
-  // Causal mask: position i attends to j <= i. -inf is safe because the diagonal is always allowed.
-  const torch::Tensor causal_mask =
-      torch::full({S, S}, -std::numeric_limits<double>::infinity(), h.options()).triu(1);
-  for (auto& layer : layer_handles_) h = layer->forward(h, causal_mask);
+  for (auto& layer : layer_handles_) h = layer->forward(h);
   return final_layer_norm_(h);
 }
 

@@ -50,8 +50,8 @@ struct ClipTextConfig {
 class ClipEncoderLayerImpl : public torch::nn::Module {
  public:
   explicit ClipEncoderLayerImpl(const ClipTextConfig& config);
-  /// h [B, S, D], causal_mask [S, S] additive (0 / -inf) in h's dtype -> [B, S, D].
-  torch::Tensor forward(const torch::Tensor& h, const torch::Tensor& causal_mask);
+  /// h [B, S, D] -> [B, S, D]; the self-attention is causal (models/attention.h's kernel).
+  torch::Tensor forward(const torch::Tensor& h);
 
  private:
   int64_t num_heads_;

@@ -13,6 +13,7 @@
 
 #include "core/error.h"
 #include "kernels/mask_concat.h"
+#include "models/attention.h"
 
 namespace asd::pipeline {
 
@@ -85,12 +86,14 @@ int64_t estimate_bytes_per_mask(const SdComponents& c, int64_t height, int64_t w
   const auto& u = c.unet->config();
   const int64_t elem = c10::elementSize(c.dtype);
   int64_t h = height / c.vae_scale_factor(), w = width / c.vae_scale_factor();
+  const bool manual_attention = models::attention_kernel() == models::AttentionKernel::kManual;
   int64_t bytes = 0;
   for (size_t level = 0; level < u.block_out_channels.size(); ++level) {
     const int64_t hw = h * w;
-    // ~24 live feature maps per level (resnets, norms, skips, up path) + attention score matrices.
+    // ~24 live feature maps per level (resnets, norms, skips, up path) + the self-attention score and probability
+    // matrices, which only the manual attention kernel holds whole (the fused one works in blocks).
     bytes += 24 * u.block_out_channels[level] * hw * elem;
-    if (u.down_block_types[level].rfind("CrossAttn", 0) == 0) bytes += 2 * u.num_attention_heads[level] * hw * hw * elem;
+    if (manual_attention && u.down_block_types[level].rfind("CrossAttn", 0) == 0) bytes += 2 * u.num_attention_heads[level] * hw * hw * elem;
     h = (h + 1) / 2;
     w = (w + 1) / 2;
   }

@@ -36,7 +36,8 @@ struct InpaintOptions {
 };
 
 /// Peak-memory estimate (bytes) of one mask in the batched loop, from the UNet and VAE configs and the
-/// latent size h x w (activations of one UNet forward + the VAE encode/decode of one image). Documented as an
+/// latent size h x w (activations of one UNet forward, with the attention score matrices under the manual attention
+/// kernel only (models/attention.h), + the VAE encode/decode of one image). Documented as an
 /// estimate: the loop also halves the batch and retries if the device reports out-of-memory.
 int64_t estimate_bytes_per_mask(const SdComponents& c, int64_t height, int64_t width);
 

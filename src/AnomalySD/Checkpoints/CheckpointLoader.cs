@@ -45,4 +45,13 @@ public static class CheckpointLoader
         using var lease = CheckpointStore.OpenForRead(path);
         return Load(lease, device, backbones, log);
     }
+
+    /// <summary>The model alone (no scoring set-up) of a diffusers folder or of an AnomalySD checkpoint (its current version, read under a
+    /// lease): what <c>--model</c> names for fit and bench.</summary>
+    public static InpaintingModel LoadModel(string folder, string device, ModelDtype dtype)
+    {
+        if (!File.Exists(Path.Combine(folder, CheckpointStore.PointerFile))) return InpaintingModel.Load(folder, device, dtype);
+        using var lease = CheckpointStore.OpenForRead(folder);
+        return InpaintingModel.Load(lease.Folder, device, dtype);
+    }
 }

@@ -34,14 +34,22 @@ public static class SingleFileCheckpoint
     /// <summary>Environment variable naming a CLIP tokenizer folder (<c>vocab.json</c>, <c>merges.txt</c>) for single files.</summary>
     public const string TokenizerEnvironmentVariable = "ANOMALYSD_TOKENIZER";
 
+    /// <summary>
+    /// The CLIP BPE shipped beside the assemblies (<c>clip-tokenizer/</c>: <c>vocab.json</c>, <c>merges.txt</c>, 49,408 tokens,
+    /// OpenAI CLIP's, MIT): the tokenizer of every SD 1.x and 2.x model, used when no other is given.
+    /// </summary>
+    public static string BundledTokenizer => Path.Combine(AppContext.BaseDirectory, "clip-tokenizer");
+
     /// <summary>True when <paramref name="model"/> names a file (a single-file checkpoint) rather than a folder or a preset.</summary>
     public static bool IsSingleFile(string model) => File.Exists(model);
 
     /// <summary>
     /// The CLIP tokenizer folder of a single file (a single file carries no tokenizer): <paramref name="tokenizer"/>, else
-    /// <c>&lt;model-config&gt;/tokenizer</c>, else a <c>tokenizer/</c> folder beside the file, else $ANOMALYSD_TOKENIZER.
+    /// <c>&lt;model-config&gt;/tokenizer</c>, else a <c>tokenizer/</c> folder beside the file, else $ANOMALYSD_TOKENIZER, else the
+    /// bundled CLIP BPE (<see cref="BundledTokenizer"/>; SD 2.x pads with <c>!</c>, set from the detected version, not from the files).
     /// </summary>
-    /// <exception cref="FileNotFoundException">none of them holds <c>vocab.json</c> and <c>merges.txt</c>.</exception>
+    /// <exception cref="FileNotFoundException"><c>--tokenizer</c> lacks the files, or none of them holds <c>vocab.json</c> and
+    /// <c>merges.txt</c> (an installation without the bundled folder).</exception>
     public static string ResolveTokenizer(string modelFile, string? tokenizer, string? modelConfig)
     {
         var candidates = new List<(string Dir, string From)>();
@@ -49,6 +57,7 @@ public static class SingleFileCheckpoint
         if (modelConfig is not null) candidates.Add((Path.Combine(modelConfig, "tokenizer"), "--model-config"));
         candidates.Add((Path.Combine(Path.GetDirectoryName(Path.GetFullPath(modelFile)) ?? ".", "tokenizer"), "beside the model file"));
         if (Environment.GetEnvironmentVariable(TokenizerEnvironmentVariable) is { Length: > 0 } env) candidates.Add((env, TokenizerEnvironmentVariable));
+        candidates.Add((BundledTokenizer, "bundled"));
         foreach (var (dir, from) in candidates)
         {
             bool complete = File.Exists(Path.Combine(dir, "vocab.json")) && File.Exists(Path.Combine(dir, "merges.txt"));
@@ -57,7 +66,8 @@ public static class SingleFileCheckpoint
         }
         throw new FileNotFoundException(
             $"'{modelFile}' is a single-file checkpoint, which carries no tokenizer: give the CLIP tokenizer files (vocab.json, merges.txt) with " +
-            $"--tokenizer DIR, --model-config DIR holding tokenizer/, a tokenizer/ folder beside the file, or ${TokenizerEnvironmentVariable}");
+            $"--tokenizer DIR, --model-config DIR holding tokenizer/, a tokenizer/ folder beside the file, or ${TokenizerEnvironmentVariable} " +
+            $"(the bundled one, {BundledTokenizer}, is missing from this installation)");
     }
 
     /// <summary>Converts a single-file checkpoint to a diffusers folder (written atomically; see <c>asd_convert_single_file</c>).</summary>

@@ -92,7 +92,7 @@ public static class Fitting
     {
         var dtype = o.Dtype;
         if (o.IsCompact) return InpaintingModel.CreateCompact(o.Seed, o.Device);
-        if (!o.IsSingleFile) return InpaintingModel.Load(o.Model, o.Device, dtype);
+        if (!o.IsSingleFile) return CheckpointLoader.LoadModel(o.Model, o.Device, dtype);
         var model = InpaintingModel.LoadSingleFile(o.Model, new SingleFileOptions(o.ModelConfig, o.PredictionType), o.Device, dtype);
         log.LogInformation("{Model}: {Detected}", o.Model, model.Info()["single_file"]?["description"]?.GetValue<string>());
         return model;
