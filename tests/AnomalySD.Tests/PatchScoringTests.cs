@@ -5,7 +5,6 @@ using AnomalySD.Detection;
 using AnomalySD.Engine;
 using AnomalySD.Evaluation;
 using AnomalySD.Scoring;
-using AnomalySD.Training;
 using Microsoft.Extensions.Logging.Abstractions;
 using Xunit;
 
@@ -115,14 +114,9 @@ public sealed class PatchScoringEngineTests(FastCheckpointFixture fixture) : ICl
 
     public void Dispose() => Directory.Delete(_dir, recursive: true);
 
-    private static InpaintingModel ScoredModel()
-    {
-        var model = InpaintingModel.CreateCompact(1);
-        Fitting.ConfigureScoring(model, new ScoringBackbones());
-        return model;
-    }
+    private static InpaintingModel ScoredModel() => ScoringApiTests.ScoredModel();
 
-    private static RgbImage Load(string rel) => ImageIO.LoadRgb(TestPaths.Shared(rel), 64);
+    private static RgbImage Load(string rel) => ScoringApiTests.Load(rel);
 
     /// <summary>M by its definition in float64: d_j(p) = min_q ||f_i(p) − f_j(q)||², the mean of the k smallest over the references.</summary>
     private static double[] BruteMutual(FeatureMaps f, IReadOnlyList<IReadOnlyList<int>> refs, int k)
