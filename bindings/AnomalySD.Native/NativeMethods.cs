@@ -74,6 +74,23 @@ internal unsafe struct AsdScoringOptions
     public long* Rotations;
     public long NumRotations;
     public long FeatureAggregation;
+    public int HorizontalFlip;
+}
+
+/// <summary><c>asd_error_map_options</c>: same layout as the C struct.</summary>
+[StructLayout(LayoutKind.Sequential)]
+internal struct AsdErrorMapOptions
+{
+    /// <summary>&lt; 0: global nearest neighbour (eq. 14); r &gt;= 0: position-aware within r grid cells.</summary>
+    public long MatchingRadius;
+}
+
+/// <summary><c>asd_mutual_options</c>: same layout as the C struct.</summary>
+[StructLayout(LayoutKind.Sequential)]
+internal struct AsdMutualOptions
+{
+    public double Fraction;
+    public long MaxChunkBytes;
 }
 
 /// <summary><c>asd_trainer_options</c>: same layout as the C struct.</summary>
@@ -170,11 +187,28 @@ internal static unsafe partial class NativeMethods
     [LibraryImport(Library, StringMarshalling = StringMarshalling.Utf8)]
     public static partial AsdStatus asd_model_add_prototypes(ModelHandle model, string category, float* images, long k, long height, long width);
     [LibraryImport(Library, StringMarshalling = StringMarshalling.Utf8)]
+    public static partial AsdStatus asd_model_set_prototypes(ModelHandle model, string category, float* images, long k, long height, long width,
+                                                             long* rotations, long numRotations, int horizontalFlip);
+    [LibraryImport(Library, StringMarshalling = StringMarshalling.Utf8)]
+    public static partial AsdStatus asd_model_prototype_views(ModelHandle model, string category, long* outRotations, long capacity,
+                                                              out long outCount, out int outHorizontalFlip);
+    [LibraryImport(Library)] public static partial AsdStatus asd_error_map_options_default(out AsdErrorMapOptions options);
+    [LibraryImport(Library, StringMarshalling = StringMarshalling.Utf8)]
     public static partial AsdStatus asd_model_error_map(ModelHandle model, string category, float* image, long height, long width,
-                                                        float* outMap, long capacity, out long outHeight, out long outWidth);
+                                                        in AsdErrorMapOptions options, float* outMap, long capacity, out long outHeight, out long outWidth);
     [LibraryImport(Library, StringMarshalling = StringMarshalling.Utf8)]
     public static partial AsdStatus asd_model_error_maps(ModelHandle model, string category, float* images, long n, long height, long width,
-                                                         float* outMaps, long capacity);
+                                                         in AsdErrorMapOptions options, float* outMaps, long capacity);
+    [LibraryImport(Library)]
+    public static partial AsdStatus asd_model_prototype_features(ModelHandle model, float* images, long n, long height, long width, float* outFeatures,
+                                                                 long capacity, out long outChannels, out long outHeight, out long outWidth);
+    [LibraryImport(Library, StringMarshalling = StringMarshalling.Utf8)]
+    public static partial AsdStatus asd_model_feature_error_maps(ModelHandle model, string category, float* features, long n, long channels, long fh, long fw,
+                                                                 in AsdErrorMapOptions options, float* outMaps, long capacity);
+    [LibraryImport(Library)] public static partial AsdStatus asd_mutual_options_default(out AsdMutualOptions options);
+    [LibraryImport(Library)]
+    public static partial AsdStatus asd_model_mutual_maps(ModelHandle model, float* features, long n, long channels, long fh, long fw, long* refs,
+                                                          long refsPerImage, in AsdMutualOptions options, float* outMaps, long capacity);
     [LibraryImport(Library, StringMarshalling = StringMarshalling.Utf8)]
     public static partial AsdStatus asd_model_inpaint_distances(ModelHandle model, string category, float* image, long height, long width,
                                                                 float* masks, long numMasks, in AsdInpaintOptions options,

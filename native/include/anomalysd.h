@@ -298,6 +298,8 @@ typedef struct asd_scoring_options {
    *  (stride 1, zero padding counted, as torch AvgPool2d) before eq. 12's concatenation. 1 = off (default), 3 =
    *  PatchCore. New banks record it; a loaded bank keeps its own. */
   int64_t feature_aggregation;
+  /** 1: each rotation also of the horizontally flipped shot (with the 4 rotations: the 8 dihedral views); 0 (default): no. */
+  int32_t horizontal_flip;
 } asd_scoring_options;
 
 ASD_API asd_status asd_scoring_options_default(asd_scoring_options* out_options);
@@ -312,19 +314,75 @@ ASD_API asd_status asd_model_set_scoring(asd_model* model, const asd_scoring_opt
 ASD_API asd_status asd_model_add_prototypes(asd_model* model, const char* category, const float* images, int64_t k, int64_t height,
                                             int64_t width);
 
+/** Replaces the bank of `category` by the k shots (k x 3 x height x width in [-1, 1]) under the views `rotations`
+ *  (num_rotations angles, multiples of 90) x (horizontal_flip ? {as is, flipped} : {as is}); the other categories and the
+ *  views of later asd_model_add_prototypes calls are unchanged. For scoring with other views than a checkpoint's banks. */
+ASD_API asd_status asd_model_set_prototypes(asd_model* model, const char* category, const float* images, int64_t k, int64_t height,
+                                            int64_t width, const int64_t* rotations, int64_t num_rotations, int32_t horizontal_flip);
+
+/** The views the bank of `category` was made with: up to `capacity` angles into out_rotations (may be NULL with capacity 0),
+ *  their count into *out_count, the flip into *out_horizontal_flip. ASD_ERR_NOT_FOUND for a category without a bank. */
+ASD_API asd_status asd_model_prototype_views(const asd_model* model, const char* category, int64_t* out_rotations, int64_t capacity,
+                                             int64_t* out_count, int32_t* out_horizontal_flip);
+
+/** Options of the nearest-neighbour search of E (eq. 14). Fill with asd_error_map_options_default. */
+typedef struct asd_error_map_options {
+  /** < 0 (default -1): global, every patch of the bank (eq. 14). r >= 0: position-aware, each test patch at grid cell (y, x)
+   *  is compared only with the bank patches within Chebyshev distance r of (y, x), in each bank view's own feature map; it
+   *  needs a bank built at the test image's size. */
+  int64_t matching_radius;
+} asd_error_map_options;
+
+ASD_API asd_status asd_error_map_options_default(asd_error_map_options* out_options);
+
 /** The error map E (eq. 14) of `image` (3 x height x width in [-1, 1]) against the bank of `category`, written to
  *  `out_map` (capacity floats); out_height x out_width, the layer-2 feature size ceil(height / 8) x ceil(width / 8), are
  *  written after the map, only on success. Call with out_map NULL (image may then be NULL too) to query the size: no
- *  feature is computed. ASD_ERR_NOT_FOUND for a category without a bank. */
+ *  feature is computed. `options` NULL = defaults. ASD_ERR_NOT_FOUND for a category without a bank. */
 ASD_API asd_status asd_model_error_map(asd_model* model, const char* category, const float* image, int64_t height, int64_t width,
-                                       float* out_map, int64_t capacity, int64_t* out_height, int64_t* out_width);
+                                       const asd_error_map_options* options, float* out_map, int64_t capacity, int64_t* out_height,
+                                       int64_t* out_width);
 
 /** The error maps E (eq. 14) of `n` images of one size (n x 3 x height x width in [-1, 1]) against the bank of `category`,
  *  in one call: the backbone runs once on the whole batch, then each image is matched against the bank. `out_maps` (capacity
  *  floats) receives n x ceil(height / 8) x ceil(width / 8) floats. A batch gives each image the map it gets alone (tested
- *  within 1e-6 relative; bit for bit where the convolutions pick the same kernels for both batch sizes). */
+ *  within 1e-6 relative; bit for bit where the convolutions pick the same kernels for both batch sizes). `options` NULL =
+ *  defaults. */
 ASD_API asd_status asd_model_error_maps(asd_model* model, const char* category, const float* images, int64_t n, int64_t height, int64_t width,
-                                        float* out_maps, int64_t capacity);
+                                        const asd_error_map_options* options, float* out_maps, int64_t capacity);
+
+/** The prototype features psi (eq. 12, the backbone and aggregation of the model's banks) of `n` images of one size (n x 3 x
+ *  height x width in [-1, 1]): n x channels x ceil(height / 8) x ceil(width / 8) floats into `out_features` (capacity
+ *  floats); the three sizes are written to out_channels, out_height, out_width (each may be NULL) after the features. Call
+ *  with out_features NULL (images may then be NULL) to query the sizes without computing anything. */
+ASD_API asd_status asd_model_prototype_features(asd_model* model, const float* images, int64_t n, int64_t height, int64_t width,
+                                                float* out_features, int64_t capacity, int64_t* out_channels, int64_t* out_height,
+                                                int64_t* out_width);
+
+/** The error maps E (eq. 14) of already computed prototype features (n x channels x fh x fw, from
+ *  asd_model_prototype_features) against the bank of `category`: n x fh x fw floats into `out_maps`. The same maps as
+ *  asd_model_error_maps of the images the features came from. */
+ASD_API asd_status asd_model_feature_error_maps(asd_model* model, const char* category, const float* features, int64_t n, int64_t channels,
+                                                int64_t fh, int64_t fw, const asd_error_map_options* options, float* out_maps,
+                                                int64_t capacity);
+
+/** Options of asd_model_mutual_maps. Fill with asd_mutual_options_default. */
+typedef struct asd_mutual_options {
+  double fraction;          /**< share of the smallest per-reference distances averaged, (0, 1]; default 0.3 (MuSc) */
+  int64_t max_chunk_bytes;  /**< bound on the temporary distance block; default 256 MiB */
+} asd_mutual_options;
+
+ASD_API asd_status asd_mutual_options_default(asd_mutual_options* out_options);
+
+/** Mutual (transductive, MuSc-style) maps of a set of n >= 2 images of one category from their prototype features (n x
+ *  channels x fh x fw): for image i and each of its reference images j, d_j(p) = min over the patches q of j of
+ *  ||psi_i(p) - psi_j(q)||^2 (the distance of E); M_i(p) = the mean of the smallest max(1, floor(fraction x K)) of the K values
+ *  d_j(p). `refs` (n x refs_per_image int64, row i: distinct indices of other images) or NULL: every other image (K = n - 1).
+ *  Each pair of images is compared once (one block serves both directions), as GEMMs on the model's device. n x fh x fw floats
+ *  into `out_maps`. `options` NULL = defaults. */
+ASD_API asd_status asd_model_mutual_maps(asd_model* model, const float* features, int64_t n, int64_t channels, int64_t fh, int64_t fw,
+                                         const int64_t* refs, int64_t refs_per_image, const asd_mutual_options* options, float* out_maps,
+                                         int64_t capacity);
 
 /** Inpaints `image` under all masks (as asd_model_inpaint, window by window) and writes the perceptual distance
  *  maps D(x_w, x̂_w) of eq. 16-17, computed on each mask's window and 0 outside it (num_masks x height x width floats),

@@ -53,22 +53,39 @@ public static class DetectCommand
         using var detector = Detector.Open(o.Checkpoint, o.DetectorSettings(), log);
         var post = detector.PostProcessor(o.Category, o.Threshold);
         detector.Category(o.Category);
-        if (!post.IsCalibrated && o.CalibrateOn && detector.Metadata.Calibration.Count == 0)
+        if (!post.IsCalibrated && o.CalibrateOn && detector.Metadata.Calibration.Count == 0 && detector.Setup.RawScaleReason is null)
             log.LogInformation("this checkpoint has no calibration: raw scores only{Hint}", o.Threshold is null ? " (give --threshold for decisions)" : "");
         int failures = 0;
         output.WriteLine("image\tscore\tnormalized" + (post.Threshold is null ? "" : "\tdecision"));
-        foreach (var (file, name) in files)
+        void Write(string file, string name, RgbImage image, DetectionResult r)
         {
-            RgbImage image;
-            try { image = detector.Decode(file); }
-            catch (ImageLoadException e) { log.LogWarning("skipped: {Message}", e.Message); failures++; continue; }
-            var r = detector.Detect(o.Category, [image], restored: pictures is not null, threshold: o.Threshold)[0];
             string decision = r.IsAnomalous is bool anomalous ? (anomalous ? "\tanomalous" : "\tnormal") : "";
             output.WriteLine(string.Create(CultureInfo.InvariantCulture, $"{file}\t{r.RawScore:G9}\t{(r.Score is double n ? n.ToString("F4", CultureInfo.InvariantCulture) : "n/a")}{decision}"));
             if (pictures is not null)
             {
                 using var panel = Visuals.Panel(image, r.DisplayMap, r.PredictedMask, null, r.Restored);
                 AtomicFile.Write(pictures.File(name + "_panel.png"), stream => panel.SaveAsPng(stream));
+            }
+        }
+        RgbImage? Decode(string file)
+        {
+            try { return detector.Decode(file); }
+            catch (ImageLoadException e) { log.LogWarning("skipped: {Message}", e.Message); failures++; return null; }
+        }
+        if (detector.Setup.Detector.Transductive.Enabled)
+        {
+            // One set: every input of the run is decoded first, then scored against the others.
+            var set = files.Select(f => (Path: f.File, f.Name, Image: Decode(f.File))).Where(x => x.Image is not null).ToList();
+            if (set.Count < 2) throw new ArgumentException($"--transductive {o.Transductive} compares each image with the others of the run, and {set.Count} image(s) could be read");
+            var results = detector.DetectTransductive(o.Category, set.Select(x => x.Image!).ToList(), o.Threshold);
+            for (int k = 0; k < set.Count; k++) Write(set[k].Path, set[k].Name, set[k].Image!, results[k]);
+        }
+        else
+        {
+            foreach (var (file, name) in files)
+            {
+                if (Decode(file) is not { } image) continue;
+                Write(file, name, image, detector.Detect(o.Category, [image], restored: pictures is not null, threshold: o.Threshold)[0]);
             }
         }
         pictures?.Complete();

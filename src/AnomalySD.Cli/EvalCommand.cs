@@ -147,7 +147,10 @@ public static class EvalCommand
             ["inpaint_size"] = m.ImageSize, ["analysis_size"] = m.AnalysisSize, ["eval_size"] = detector.Setup.EvalSize == 0 ? "original" : detector.Setup.EvalSize,
             ["window_context"] = m.WindowContext.ToString(), ["distance_resolution"] = m.DistanceResolution.ToString().ToLowerInvariant(),
             ["feature_aggregation"] = m.FeatureAggregation,
-            ["calibrated"] = m.Calibration.Count > 0 ? "yes (see calibration)" : o.CalibrateOn ? "no (the checkpoint has no calibration)" : "no (--calibrate off)",
+            ["calibrated"] = m.Calibration.Count > 0 ? "yes (see calibration)" : detector.Setup.RawScaleReason is string why ? $"no ({why})"
+                             : o.CalibrateOn ? "no (the checkpoint has no calibration)" : "no (--calibrate off)",
+            ["bank_views"] = d.Views?.ToString() ?? "as fitted", ["matching"] = d.Matching.ToString(), ["image_score"] = d.ImageScore.ToString(),
+            ["transductive"] = d.Transductive.ToString(),
             ["scales"] = string.Join(",", d.Scales ?? AnomalySD.Masks.MaskProposals.DefaultScales), ["max_images"] = o.MaxImages?.ToString() ?? "all",
             ["masks"] = d.Masks.ToString(), ["distance"] = m.Distance, ["num_inference_steps"] = d.Inpaint!.NumInferenceSteps,
             ["noise_strength"] = new JsonObject(m.Categories.Select(c => new KeyValuePair<string, JsonNode?>(c.Category, c.NoiseStrength))),

@@ -142,6 +142,21 @@ public abstract class ScoringFlags : ModelFlags
     [Option("inpaint-batch", HelpText = "Masks per UNet batch (default 0: from available memory).")]
     public int? InpaintBatch { get; set; }
 
+    [Option("bank-views", HelpText = "Views of each shot in the prototype bank: none, rot4 (0/90/180/270 degrees, the default) or dihedral8 (the 4 rotations of the shot and of its mirror image). Other views than the checkpoint's rebuild its banks from its recorded shots.")]
+    public string? BankViews { get; set; }
+
+    [Option("matching", HelpText = "Nearest-neighbour search of the error map E: global (default) or local:R (each test patch compared only with bank patches within R grid cells of its own position, Chebyshev distance, in each view's frame; 1 cell = 8 px).")]
+    public string? Matching { get; set; }
+
+    [Option("image-score", HelpText = "Image score of the smoothed map: max (default) or topk (the mean of its top 1 % of pixels; topk:F for another share F in (0, 1]).")]
+    public string? ImageScore { get; set; }
+
+    [Option("transductive", HelpText = "off (default); on: each image is also scored against the other images of its set (MuSc-style mutual scoring) and that map fused with the shot-bank map E; mutual: the mutual map alone (zero-shot). The set: a category's test split (eval), all inputs of the run (detect). Scores are raw.")]
+    public string? Transductive { get; set; }
+
+    [Option("transductive-refs", HelpText = "Transductive scoring: each image is compared with at most K other images of its set (a seeded symmetric subset; default 32, i.e. all the others in sets of up to 33).")]
+    public int? TransductiveRefs { get; set; }
+
     [Option("shard", HelpText = "Score only shard I/N (by a stable hash of each image's path): eval writes that shard's scores and maps for merge (needs --checkpoint), detect scores that part of its inputs. Default from JOB_COMPLETION_INDEX (with --shard-count) or SLURM_ARRAY_TASK_ID/COUNT.")]
     public string? Shard { get; set; }
 
@@ -160,6 +175,28 @@ public abstract class ScoringFlags : ModelFlags
         if (NumInferenceSteps is not null) yield return "--num-inference-steps";
         if (NoiseStrength is not null) yield return "--noise-strength";
         if (InpaintBatch is not null) yield return "--inpaint-batch";
+        if (BankViews is not null) yield return "--bank-views";
+        if (Matching is not null) yield return "--matching";
+        if (ImageScore is not null) yield return "--image-score";
+        if (Transductive is not null) yield return "--transductive";
+        if (TransductiveRefs is not null) yield return "--transductive-refs";
+    }
+
+    /// <summary>--transductive as the library's mode.</summary>
+    public TransductiveMode TransductiveMode => Transductive?.Trim().ToLowerInvariant() switch
+    {
+        null or "off" => Detection.TransductiveMode.Off,
+        "on" => Detection.TransductiveMode.On,
+        "mutual" => Detection.TransductiveMode.Mutual,
+        _ => throw new ArgumentException($"--transductive must be on, off or mutual, got '{Transductive}'"),
+    };
+
+    /// <summary>Parses a flag's value with the library's parser, naming the flag in the error.</summary>
+    private static T? Parsed<T>(string flag, string? value, Func<string, T> parse) where T : class
+    {
+        if (value is null) return null;
+        try { return parse(value); }
+        catch (ArgumentException e) { throw new ArgumentException($"--{flag}: {e.Message}"); }
     }
 
     public override void Validate()
@@ -180,6 +217,11 @@ public abstract class ScoringFlags : ModelFlags
         Require(ShardCount is null || shard is not null,
                 $"--shard-count {ShardCount} needs this process's shard index: give --shard I/N, or run it as a Kubernetes Indexed Job (JOB_COMPLETION_INDEX) or a Slurm array task");
         Require(ShardCount is null || Shard is null || shard?.Count == ShardCount, $"--shard {Shard} and --shard-count {ShardCount} disagree on the number of shards");
+        _ = ToRequest();
+        Require(TransductiveRefs is null or >= 2, $"--transductive-refs must be >= 2, got {TransductiveRefs}");
+        // One phase only: a shard sees part of the set that each image is compared with.
+        Require(shard is null || TransductiveMode == Detection.TransductiveMode.Off,
+                $"--transductive {Transductive} compares each image with the others of its set, and shard {shard} sees only part of it: run it unsharded (eval: one process per category, e.g. --categories X)");
     }
 
     /// <summary>The detector's devices, backbones and scoring request.</summary>
@@ -189,7 +231,9 @@ public abstract class ScoringFlags : ModelFlags
     public ScoringRequest ToRequest(int? evalSize = null) => new(
         Masks: Masks ?? MaskStrategy.Full, Scales: Scales is null ? null : ParseScales(Scales), NumInferenceSteps: NumInferenceSteps ?? 50,
         NoiseStrength: NoiseStrength, InpaintBatch: InpaintBatch ?? 0, Seed: Seed, AnalysisSize: AnalysisSize, WindowContext: ParsedWindowContext,
-        EvalSize: evalSize, Calibrate: CalibrateOn, DistanceResolution: DistanceResolution);
+        EvalSize: evalSize, Calibrate: CalibrateOn, DistanceResolution: DistanceResolution,
+        BankViews: Parsed("bank-views", BankViews, Engine.BankViews.Parse), Matching: Parsed("matching", Matching, PatchMatching.Parse),
+        ImageScore: Parsed("image-score", ImageScore, AnomalySD.Scoring.ImageScoreRule.Parse), Transductive: TransductiveMode, TransductiveRefs: TransductiveRefs);
 }
 
 /// <summary>Flags of fitting (also accepted by eval, which fits first when no --checkpoint is given).</summary>

@@ -42,6 +42,7 @@ public sealed class ServeVerb : ScoringFlags
     {
         base.Validate();
         Require(Shard is null && ShardCount is null, "serve scores what it is sent: --shard and --shard-count do not apply");
+        Require(TransductiveMode == TransductiveMode.Off, "serve scores each request on its own: --transductive needs a whole set of images (use eval or detect)");
         Require(ApiKeyFile is null || File.Exists(ApiKeyFile), $"--api-key-file '{ApiKeyFile}' does not exist");
         Options().Validate();
     }

@@ -259,11 +259,11 @@ public sealed class RobustnessTests : IDisposable
     {
         var handle = (ModelHandle)typeof(InpaintingModel).GetProperty("Handle", System.Reflection.BindingFlags.NonPublic | System.Reflection.BindingFlags.Instance)!.GetValue(model)!;
         var library = NativeLibrary.Load(NativeLibraryResolver.Candidates().First(File.Exists));
-        var fn = (delegate* unmanaged<IntPtr, byte*, float*, long, long, float*, long, long*, long*, AsdStatus>)NativeLibrary.GetExport(library, "asd_model_error_map");
+        var fn = (delegate* unmanaged<IntPtr, byte*, float*, long, long, AsdErrorMapOptions*, float*, long, long*, long*, AsdStatus>)NativeLibrary.GetExport(library, "asd_model_error_map");
         long hh = -5, ww = -5;
         byte[] name = System.Text.Encoding.UTF8.GetBytes(category + "\0");
         AsdStatus status;
-        fixed (byte* pn = name) status = fn(handle.DangerousGetHandle(), pn, null, height, width, null, 0, &hh, &ww);
+        fixed (byte* pn = name) status = fn(handle.DangerousGetHandle(), pn, null, height, width, null, null, 0, &hh, &ww);
         (h, w) = (hh, ww);
         return status;
     }

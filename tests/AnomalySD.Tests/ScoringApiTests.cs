@@ -16,14 +16,16 @@ public sealed class ScoringApiTests(ITestOutputHelper output) : IDisposable
 
     public void Dispose() => Directory.Delete(_dir, recursive: true);
 
-    private static InpaintingModel ScoredModel()
+    /// <summary>A compact model with the scoring backbones (ImageNet ResNet18), no bank yet.</summary>
+    internal static InpaintingModel ScoredModel()
     {
         var model = InpaintingModel.CreateCompact(1);
         Fitting.ConfigureScoring(model, new ScoringBackbones());
         return model;
     }
 
-    private static RgbImage Load(string rel) => ImageIO.LoadRgb(TestPaths.Shared(rel), 64);
+    /// <summary>A shared-data image at 64 x 64.</summary>
+    internal static RgbImage Load(string rel) => ImageIO.LoadRgb(TestPaths.Shared(rel), 64);
 
     [Fact]
     public void BankSizeErrorMapAndSaveLoad()

@@ -244,7 +244,7 @@ ASD_API asd_status asd_model_load(const char* folder, const char* device, asd_dt
       const std::string banks = (std::filesystem::path(dir) / "prototype_banks.safetensors").string();
       if (std::filesystem::exists(banks)) {
         m->bank = std::make_unique<asd::PrototypeBank>(asd::PrototypeBank::load(banks, m->components.device));
-        m->rotations = m->bank->options().rotations_deg;
+        m->views = m->bank->options().views();
       }
     }
     *out_model = m.release();

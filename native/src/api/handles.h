@@ -38,7 +38,7 @@ struct asd_model : asd::CountedObject {
   asd::ResNet18 resnet{nullptr};
   std::unique_ptr<asd::Lpips> distance;
   std::unique_ptr<asd::PrototypeBank> bank;
-  std::vector<int64_t> rotations{0, 90, 180, 270};
+  asd::BankViews views;  ///< views of new banks (asd_scoring_options); a loaded bank's own
 };
 
 struct asd_trainer : asd::CountedObject {

@@ -5,7 +5,9 @@ using AnomalySD.Scoring;
 
 namespace AnomalySD.Detection;
 
-/// <summary>The score of one image: maps at the analysis resolution and the image score (max of the smoothed map).</summary>
+/// <summary>The score of one image: maps at the analysis resolution and the image score (<see cref="DetectorOptions.ImageScore"/> of the
+/// smoothed map: its max by default).</summary>
+/// <param name="ErrorMap">The map at the feature grid that was upsampled: E (eq. 14), or in transductive scoring the fused or mutual map.</param>
 /// <param name="Restored">With <c>restored: true</c>: the inpainting (pasted, RGB in [0, 1]) of the mask whose distance inside it
 /// was the largest: what the method believes the product should look like there. Null when no mask was inpainted.</param>
 public sealed record ImageScore(Map2D SmoothedMap, double Score, Map2D? ErrorMap, BinaryMask? PrototypeMask, RgbImage? Restored = null);
@@ -51,14 +53,43 @@ public sealed class AnomalyModel(InpaintingModel model, DetectorOptions options)
     {
         var (weights, scales) = Options.FusionFor(category);
         bool batchedErrorMaps = !weights.UsesInpainting && weights.ErrorMap > 0 && images.Count > 1 && images.All(i => i.Width == images[0].Width && i.Height == images[0].Height);
-        var errors = batchedErrorMaps ? model.ErrorMaps(category, images) : null;
+        var errors = batchedErrorMaps ? model.ErrorMaps(category, images, Options.Matching) : null;
         var scores = new ImageScore[images.Count];
         for (int k = 0; k < images.Count; k++)
         {
             var image = images[k];
             var c = Components(category, image, noiseStrength, weights.UsesInpainting, weights.ErrorMap > 0, restored, multiScale: weights.MultiScale > 0, errors?[k]);
             var smoothed = GaussianSmoothing.Blur(ScoreFusion.Weighted(c.MultiScale, c.Prototype, c.ErrorMap, weights, scales, image.Height, image.Width), Options.Sigma);
-            scores[k] = new ImageScore(smoothed, smoothed.Max(), c.RawErrorMap, c.PrototypeMask, c.Restored);
+            scores[k] = new ImageScore(smoothed, Options.ImageScore.Apply(smoothed), c.RawErrorMap, c.PrototypeMask, c.Restored);
+        }
+        return scores;
+    }
+
+    /// <summary>
+    /// Scores a set of images of <paramref name="category"/> (RGB in [0, 1], one size) transductively (<see cref="DetectorOptions.Transductive"/>):
+    /// the prototype features of every image once (8 images per native call), the mutual maps M of the set against at most K
+    /// references per image (<see cref="MutualScoring.References"/>, seeded by the inpainting seed), fused with the shot-bank maps E
+    /// of the same features (<see cref="MutualScoring.Fuse"/>) or alone; then, per image, the map upsampled bilinearly to the image
+    /// size, the Gaussian blur and the image score. Memory: the features of the set (n x 384 x H/8 x W/8 floats, 1.5 MB per
+    /// 256 x 256 image) plus the engine's per-reference table (n x K x H/8 x W/8 floats).
+    /// </summary>
+    /// <exception cref="ArgumentException">fewer than 2 images, images of several sizes, or a category that cannot be scored so
+    /// (<see cref="ScoringRules.TransductiveProblem"/>).</exception>
+    public IReadOnlyList<ImageScore> ScoreTransductive(string category, IReadOnlyList<RgbImage> images)
+    {
+        var t = Options.Transductive;
+        if (!t.Enabled) throw new InvalidOperationException("transductive scoring is off in these options");
+        if (ScoringRules.TransductiveProblem(Options, category) is string problem) throw new ArgumentException(problem);
+        if (images.Count < 2) throw new ArgumentException($"category '{category}': transductive scoring compares each image with the others of its set, and the set has {images.Count} image(s)");
+        var features = model.PrototypeFeatures(images);
+        var references = MutualScoring.References(images.Count, t.ReferencesCap, Options.Inpaint?.Seed ?? 0);
+        var mutual = model.MutualMaps(features, references, t.Fraction);
+        var maps = t.Mode == TransductiveMode.On ? MutualScoring.Fuse(model.ErrorMaps(category, features, Options.Matching), mutual) : mutual;
+        var scores = new ImageScore[images.Count];
+        for (int k = 0; k < images.Count; k++)
+        {
+            var smoothed = GaussianSmoothing.Blur(Map2D.ResizeBilinear(maps[k], images[k].Height, images[k].Width), Options.Sigma);
+            scores[k] = new ImageScore(smoothed, Options.ImageScore.Apply(smoothed), maps[k], null);
         }
         return scores;
     }
@@ -81,7 +112,7 @@ public sealed class AnomalyModel(InpaintingModel model, DetectorOptions options)
         BinaryMask? prototypeMask = null;
         if (prototypeTerm || errorMap)
         {
-            errors = computedErrorMap ?? model.ErrorMap(category, image);
+            errors = computedErrorMap ?? model.ErrorMap(category, image, Options.Matching);
             if (errorMap) upsampled = Map2D.ResizeBilinear(errors, h, w);
             if (prototypeTerm)
             {

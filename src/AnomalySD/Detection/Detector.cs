@@ -25,12 +25,16 @@ public sealed class Detector : IDisposable
 {
     private readonly List<InpaintingModel> _engines;
     private readonly List<AnomalyModel> _models;
+    // Banks rebuilt with the requested views, per engine (each engine is used by one thread at a time); shots decoded once.
+    private readonly List<HashSet<string>> _banksReady;
+    private readonly System.Collections.Concurrent.ConcurrentDictionary<string, Lazy<IReadOnlyList<RgbImage>>> _shots = new();
 
     private Detector(List<InpaintingModel> engines, ScoringSetup setup, string source, string? version, string? fingerprint)
     {
         _engines = engines;
         Setup = setup;
         _models = engines.Select(e => new AnomalyModel(e, setup.Detector)).ToList();
+        _banksReady = engines.Select(_ => new HashSet<string>()).ToList();
         Source = source;
         Version = version;
         Fingerprint = fingerprint;
@@ -54,7 +58,7 @@ public sealed class Detector : IDisposable
                 engines.Add(model);
                 meta ??= m;
             }
-            var setup = ScoringRules.Resolve(meta!, settings.Request, log);
+            var setup = ScoringRules.Resolve(meta!, settings.Request, log, FittedViews(engines[0], meta!));
             if (engines.Count > 1) log.LogInformation("{Count} engines ({Devices})", engines.Count, string.Join(", ", settings.Devices));
             return new Detector(engines, setup, checkpoint, lease.Version, lease.Fingerprint);
         }
@@ -68,13 +72,17 @@ public sealed class Detector : IDisposable
     /// <summary>A detector over a model fitted in this process (eval without a checkpoint); it takes ownership of <paramref name="model"/>.</summary>
     public static Detector FromModel(InpaintingModel model, CheckpointMetadata metadata, ScoringRequest request, ILogger log)
     {
-        try { return new Detector([model], ScoringRules.Resolve(metadata, request, log), "(fitted in this run, not saved)", null, null); }
+        try { return new Detector([model], ScoringRules.Resolve(metadata, request, log, FittedViews(model, metadata)), "(fitted in this run, not saved)", null, null); }
         catch
         {
             model.Dispose();
             throw;
         }
     }
+
+    /// <summary>The views of a category's bank in <paramref name="engine"/> (null for a category without one).</summary>
+    private static Func<string, BankViews?> FittedViews(InpaintingModel engine, CheckpointMetadata meta) =>
+        category => meta.Shots > 0 && engine.PrototypeRows(category) > 0 ? engine.PrototypeViews(category) : null;
 
     /// <summary>The request resolved against the checkpoint: its metadata with the overrides applied, the scoring options and the
     /// evaluation resolution.</summary>
@@ -108,7 +116,7 @@ public sealed class Detector : IDisposable
 
     /// <summary>The decision rule of <paramref name="category"/>: its calibration (when the request applies it) and the threshold.</summary>
     public PostProcessor PostProcessor(string category, double? threshold = null) =>
-        new(Setup.Detector.Calibration?.GetValueOrDefault(category), threshold);
+        new(Metadata.Calibration.GetValueOrDefault(category), threshold);
 
     /// <summary>Decodes an image file at the analysis resolution, with the decoder's checks and limits.</summary>
     /// <exception cref="ImageLoadException">unreadable, undecodable, truncated or beyond the limits (naming the file).</exception>
@@ -128,13 +136,45 @@ public sealed class Detector : IDisposable
         Detect(category, images, images.Select(_ => threshold).ToList(), restored, engine);
 
     /// <summary>As <see cref="Detect(string, IReadOnlyList{RgbImage}, bool, double?, int)"/>, each image with its own threshold (null: the default).</summary>
+    /// <exception cref="InvalidOperationException">a detector that scores transductively (use <see cref="DetectTransductive"/>).</exception>
     public IReadOnlyList<DetectionResult> Detect(string category, IReadOnlyList<RgbImage> images, IReadOnlyList<double?> thresholds, bool restored = false, int engine = 0)
     {
         if (thresholds.Count != images.Count) throw new ArgumentException($"{images.Count} images but {thresholds.Count} thresholds");
+        if (Setup.Detector.Transductive.Enabled)
+            throw new InvalidOperationException("this detector scores transductively: score the whole set of images with DetectTransductive");
         var prompts = Category(category);
         var posts = thresholds.Distinct().ToDictionary(t => t ?? double.NaN, t => PostProcessor(category, t));
+        EnsureBank(category, engine);
         var scores = _models[engine].Score(category, images, prompts.NoiseStrength, restored);
         return scores.Select((s, k) => posts[thresholds[k] ?? double.NaN].Apply(s.Score, s.SmoothedMap, s.Restored)).ToList();
+    }
+
+    /// <summary>
+    /// Scores a set of decoded images of <paramref name="category"/> transductively (<see cref="DetectorOptions.Transductive"/>: the set
+    /// is, e.g., an evaluation's test split or the inputs of one <c>detect</c> run): each image is also compared with the others of
+    /// the set (<see cref="AnomalyModel.ScoreTransductive"/>), so a result depends on the whole set. Results in the order of the images,
+    /// through the category's decision rule (raw scores: the calibrated thresholds belong to the default scoring).
+    /// </summary>
+    /// <param name="threshold">A decision threshold on the raw scale (null: no decision).</param>
+    /// <exception cref="InvalidOperationException">transductive scoring is off.</exception>
+    /// <exception cref="ArgumentException">fewer than 2 images, or a category scored with inpainting terms under --transductive on.</exception>
+    public IReadOnlyList<DetectionResult> DetectTransductive(string category, IReadOnlyList<RgbImage> images, double? threshold = null, int engine = 0)
+    {
+        Category(category);
+        var post = PostProcessor(category, threshold);
+        EnsureBank(category, engine);
+        return _models[engine].ScoreTransductive(category, images).Select(s => post.Apply(s.Score, s.SmoothedMap)).ToList();
+    }
+
+    /// <summary>With requested bank views, rebuilds the category's bank on <paramref name="engine"/> from the checkpoint's shots once
+    /// (<see cref="ShotBanks.Rebuild"/>) when its views differ.</summary>
+    private void EnsureBank(string category, int engine)
+    {
+        if (Setup.Detector.Views is not { } views || Metadata.Shots == 0 || _banksReady[engine].Contains(category)) return;
+        if (Setup.Detector.Transductive.Mode == TransductiveMode.Mutual) return; // M alone uses no bank
+        var shots = _shots.GetOrAdd(category, c => new Lazy<IReadOnlyList<RgbImage>>(() => ShotBanks.LoadShots(Metadata, c, AnalysisSize))).Value;
+        ShotBanks.Rebuild(_engines[engine], Metadata, category, views, AnalysisSize, shots);
+        _banksReady[engine].Add(category);
     }
 
     public void Dispose()

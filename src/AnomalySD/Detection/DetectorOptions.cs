@@ -24,6 +24,19 @@ public sealed record DetectorOptions(MaskStrategy Masks = MaskStrategy.Full, IRe
                                      double Sigma = ScoreFusion.DefaultSigma, InpaintOptions? Inpaint = null,
                                      IReadOnlyDictionary<string, CategoryCalibration>? Calibration = null)
 {
+    /// <summary>The views of the prototype banks (eq. 13's Aug); null: the banks as the checkpoint has them. Banks made with other
+    /// views are rebuilt from the checkpoint's shots (<see cref="Checkpoints.ShotBanks"/>).</summary>
+    public BankViews? Views { get; init; }
+
+    /// <summary>The nearest-neighbour search of E (eq. 14): global (default) or position-aware within r grid cells.</summary>
+    public PatchMatching Matching { get; init; } = PatchMatching.Global;
+
+    /// <summary>How the image score is read off the smoothed map: max (default) or a top-k mean.</summary>
+    public ImageScoreRule ImageScore { get; init; } = ImageScoreRule.Max;
+
+    /// <summary>Transductive (mutual) scoring of sets of images; off by default.</summary>
+    public TransductiveOptions Transductive { get; init; } = TransductiveOptions.Off;
+
     /// <summary>The fusion weights and map scales that score <paramref name="category"/>.</summary>
     public (FusionWeights Weights, MapScales Scales) FusionFor(string category) => Masks switch
     {
@@ -33,5 +46,44 @@ public sealed record DetectorOptions(MaskStrategy Masks = MaskStrategy.Full, IRe
             : (c.Weights, c.Scales),
         MaskStrategy.MultiScale => (new FusionWeights(1, 0, 0), MapScales.Raw),
         _ => (FusionWeights.Paper(Alpha), MapScales.Raw),
+    };
+}
+
+/// <summary>Transductive scoring: <see cref="Off"/>; <see cref="On"/>: the mutual map M fused with the shot-bank map E; <see cref="Mutual"/>:
+/// M alone (zero-shot: no shot, no bank needed).</summary>
+public enum TransductiveMode
+{
+    Off,
+    On,
+    Mutual,
+}
+
+/// <summary>
+/// Transductive (mutual, MuSc-style) scoring of a set of images of one category scored together (an evaluation's test split, the inputs
+/// of one <c>detect</c> run): each image is compared with the others of the set (<see cref="MutualScoring"/>), and its map is M fused with
+/// E (<see cref="MutualScoring.Fuse"/>) or M alone.
+/// </summary>
+/// <param name="Mode">Off, On (fused with E) or Mutual (M alone).</param>
+/// <param name="References">At most this many reference images per image (a seeded symmetric subset, <see cref="MutualScoring.References"/>);
+/// null: <see cref="DefaultReferences"/>.</param>
+/// <param name="Fraction">The share of the smallest per-reference distances averaged into M (MuSc: 0.3).</param>
+public sealed record TransductiveOptions(TransductiveMode Mode, int? References = null, double Fraction = MutualScoring.DefaultFraction)
+{
+    /// <summary>The default cap on the references per image: every other image of a split of up to this many + 1 images, else a subset
+    /// of this many. It bounds the cost at about <see cref="DefaultReferences"/>/2 pair comparisons per image.</summary>
+    public const int DefaultReferences = 32;
+
+    public static readonly TransductiveOptions Off = new(TransductiveMode.Off);
+
+    public bool Enabled => Mode != TransductiveMode.Off;
+
+    /// <summary>The reference cap in force.</summary>
+    public int ReferencesCap => References ?? DefaultReferences;
+
+    public override string ToString() => Mode switch
+    {
+        TransductiveMode.Off => "off",
+        TransductiveMode.On => $"on (M fused with E, at most {ReferencesCap} references per image)",
+        _ => $"mutual (M alone, at most {ReferencesCap} references per image)",
     };
 }

@@ -48,8 +48,9 @@ public enum DistanceKind
 /// resnet18_imagenet.safetensors next to the native library).</summary>
 /// <param name="Rotations">Eq. 13's augmentation angles (multiples of 90); null = 0, 90, 180, 270.</param>
 /// <param name="FeatureAggregation">PatchCore's local aggregation of the prototype features (k x k average, odd k; 1 = off).</param>
+/// <param name="HorizontalFlip">New banks also take each rotation of the horizontally flipped shot.</param>
 public sealed record ScoringOptions(string ResNet18Path, DistanceKind Distance = DistanceKind.Resnet18Uniform, string? AlexNetPath = null,
-                                    string? LpipsPath = null, int[]? Rotations = null, int FeatureAggregation = 1)
+                                    string? LpipsPath = null, int[]? Rotations = null, int FeatureAggregation = 1, bool HorizontalFlip = false)
 {
     public string DistanceName => Distance == DistanceKind.LpipsAlex ? "lpips_alex" : "resnet18_uniform";
 

@@ -144,6 +144,7 @@ public sealed class InpaintingModel : IDisposable
             native.Rotations = rot;
             native.NumRotations = rotations?.Length ?? 0;
             native.FeatureAggregation = options.FeatureAggregation;
+            native.HorizontalFlip = options.HorizontalFlip ? 1 : 0;
             AsdException.Check(NativeMethods.asd_model_set_scoring(Handle, native));
         }
     }
@@ -159,21 +160,54 @@ public sealed class InpaintingModel : IDisposable
             AsdException.Check(NativeMethods.asd_model_add_prototypes(Handle, category, p, shots.Count, shots[0].Height, shots[0].Width));
     }
 
+    /// <summary>Replaces the bank of <paramref name="category"/> by <paramref name="shots"/> (RGB in [0, 1], one size) under
+    /// <paramref name="views"/>; other categories are unchanged. A failure leaves the category's bank as it was.</summary>
+    public unsafe void SetPrototypes(string category, IReadOnlyList<RgbImage> shots, BankViews views)
+    {
+        if (shots.Count == 0) throw new ArgumentException($"category '{category}': a bank needs at least one shot");
+        float[] data = ImagePacking.Signed(shots, shots[0].Width, shots[0].Height, "shot");
+        long[] angles = views.Rotations.Select(r => (long)r).ToArray();
+        fixed (float* p = data)
+        fixed (long* a = angles)
+            AsdException.Check(NativeMethods.asd_model_set_prototypes(Handle, category, p, shots.Count, shots[0].Height, shots[0].Width, a, angles.Length,
+                                                                       views.HorizontalFlip ? 1 : 0));
+    }
+
+    /// <summary>The views the bank of <paramref name="category"/> was made with.</summary>
+    /// <exception cref="AsdNotFoundException">the category has no bank.</exception>
+    public unsafe BankViews PrototypeViews(string category)
+    {
+        AsdException.Check(NativeMethods.asd_model_prototype_views(Handle, category, null, 0, out long count, out int flip));
+        var angles = new long[count];
+        fixed (long* a = angles)
+            AsdException.Check(NativeMethods.asd_model_prototype_views(Handle, category, a, count, out _, out _));
+        return new BankViews(angles.Select(v => (int)v).ToArray(), flip == 1);
+    }
+
+    private static AsdErrorMapOptions MapOptions(PatchMatching? matching)
+    {
+        AsdException.Check(NativeMethods.asd_error_map_options_default(out var o));
+        if (matching is not null) o.MatchingRadius = matching.NativeRadius;
+        return o;
+    }
+
     /// <summary>The error map E (eq. 14) of <paramref name="image"/> against the category's bank, at feature resolution
-    /// (ceil(H/8) x ceil(W/8)). One search: the size comes from a query that computes nothing.</summary>
-    public unsafe Map2D ErrorMap(string category, RgbImage image)
+    /// (ceil(H/8) x ceil(W/8)), with <paramref name="matching"/> (null: global). One search: the size comes from a query that
+    /// computes nothing.</summary>
+    public unsafe Map2D ErrorMap(string category, RgbImage image, PatchMatching? matching = null)
     {
         float[] x = ImagePacking.Signed([image], image.Width, image.Height);
-        AsdException.Check(NativeMethods.asd_model_error_map(Handle, category, null, image.Height, image.Width, null, 0, out long h, out long w));
+        var o = MapOptions(matching);
+        AsdException.Check(NativeMethods.asd_model_error_map(Handle, category, null, image.Height, image.Width, o, null, 0, out long h, out long w));
         var map = new float[h * w];
         fixed (float* px = x, pm = map)
-            AsdException.Check(NativeMethods.asd_model_error_map(Handle, category, px, image.Height, image.Width, pm, map.Length, out _, out _));
+            AsdException.Check(NativeMethods.asd_model_error_map(Handle, category, px, image.Height, image.Width, o, pm, map.Length, out _, out _));
         return ImagePacking.Maps(map, 1, (int)h, (int)w)[0];
     }
 
     /// <summary>The error maps E (eq. 14) of several images of one size against the bank of <paramref name="category"/>, in one native
     /// call (the backbone runs once on the batch): each the map <see cref="ErrorMap"/> gives it alone.</summary>
-    public unsafe Map2D[] ErrorMaps(string category, IReadOnlyList<RgbImage> images)
+    public unsafe Map2D[] ErrorMaps(string category, IReadOnlyList<RgbImage> images, PatchMatching? matching = null)
     {
         if (images.Count == 0) return [];
         int width = images[0].Width, height = images[0].Height;
@@ -181,9 +215,74 @@ public sealed class InpaintingModel : IDisposable
         float[] x = ImagePacking.Signed(images, width, height);
         int fh = (height + 7) / 8, fw = (width + 7) / 8;
         var maps = new float[images.Count * fh * fw];
+        var o = MapOptions(matching);
         fixed (float* px = x, pm = maps)
-            AsdException.Check(NativeMethods.asd_model_error_maps(Handle, category, px, images.Count, height, width, pm, maps.Length));
+            AsdException.Check(NativeMethods.asd_model_error_maps(Handle, category, px, images.Count, height, width, o, pm, maps.Length));
         return ImagePacking.Maps(maps, images.Count, fh, fw);
+    }
+
+    /// <summary>The prototype features ψ (eq. 12) of images of one size (RGB in [0, 1]), <paramref name="batch"/> images per native call
+    /// (bounds the backbone's activations), into one <see cref="FeatureMaps"/>.</summary>
+    /// <exception cref="ArgumentException">no image, images of several sizes, or more features than one array holds.</exception>
+    public unsafe FeatureMaps PrototypeFeatures(IReadOnlyList<RgbImage> images, int batch = 8)
+    {
+        if (images.Count == 0) throw new ArgumentException("no image to extract features from");
+        int width = images[0].Width, height = images[0].Height;
+        if (images.Any(i => i.Width != width || i.Height != height)) throw new ArgumentException("prototype features of a set need images of one size");
+        AsdException.Check(NativeMethods.asd_model_prototype_features(Handle, null, 1, height, width, null, 0, out long c, out long fh, out long fw));
+        long per = c * fh * fw, total = per * images.Count;
+        if (total > Array.MaxLength)
+            throw new ArgumentException($"{images.Count} images of {width}x{height} have {total} feature values, more than one array holds ({Array.MaxLength}); score fewer at once");
+        var data = new float[total];
+        for (int first = 0; first < images.Count; first += batch)
+        {
+            int n = Math.Min(batch, images.Count - first);
+            float[] x = ImagePacking.Signed(images.Skip(first).Take(n).ToList(), width, height);
+            fixed (float* px = x, po = &data[first * per])
+                AsdException.Check(NativeMethods.asd_model_prototype_features(Handle, px, n, height, width, po, n * per, out _, out _, out _));
+        }
+        return new FeatureMaps(images.Count, (int)c, (int)fh, (int)fw, data);
+    }
+
+    /// <summary>The error maps E (eq. 14) of already computed features (<see cref="PrototypeFeatures"/>) against the bank of
+    /// <paramref name="category"/>: the maps <see cref="ErrorMaps(string, IReadOnlyList{RgbImage}, PatchMatching?)"/> gives the images.</summary>
+    public unsafe Map2D[] ErrorMaps(string category, FeatureMaps features, PatchMatching? matching = null)
+    {
+        var maps = new float[(long)features.Count * features.Height * features.Width];
+        var o = MapOptions(matching);
+        fixed (float* pf = features.Data, pm = maps)
+            AsdException.Check(NativeMethods.asd_model_feature_error_maps(Handle, category, pf, features.Count, features.Channels, features.Height, features.Width,
+                                                                          o, pm, maps.Length));
+        return ImagePacking.Maps(maps, features.Count, features.Height, features.Width);
+    }
+
+    /// <summary>
+    /// Mutual (transductive, MuSc-style) maps M of a set of images from their features: for image i and each reference j,
+    /// d_j(p) = min over the patches q of j of ||ψ_i(p) − ψ_j(q)||² (the distance of E); M_i(p) = the mean of the smallest
+    /// max(1, ⌊<paramref name="fraction"/>·K⌋) of the K values d_j(p). Feature resolution, squared feature units.
+    /// </summary>
+    /// <param name="references">Row i: the indices of image i's K references (distinct, other images; every row the same length);
+    /// null: every other image.</param>
+    /// <exception cref="ArgumentException">fewer than 2 images, or a reference table of the wrong shape (the engine names the problem).</exception>
+    public unsafe Map2D[] MutualMaps(FeatureMaps features, IReadOnlyList<IReadOnlyList<int>>? references = null, double fraction = 0.3)
+    {
+        if (features.Count < 2) throw new ArgumentException("mutual maps need at least 2 images");
+        long[]? refs = null;
+        int k = 0;
+        if (references is not null)
+        {
+            if (references.Count != features.Count) throw new ArgumentException($"{features.Count} images but {references.Count} reference rows");
+            k = references[0].Count;
+            if (references.Any(r => r.Count != k)) throw new ArgumentException("every image needs the same number of references");
+            refs = references.SelectMany(r => r.Select(j => (long)j)).ToArray();
+        }
+        AsdException.Check(NativeMethods.asd_mutual_options_default(out var o));
+        o.Fraction = fraction;
+        var maps = new float[(long)features.Count * features.Height * features.Width];
+        fixed (float* pf = features.Data, pm = maps)
+        fixed (long* pr = refs)
+            AsdException.Check(NativeMethods.asd_model_mutual_maps(Handle, pf, features.Count, features.Channels, features.Height, features.Width, pr, k, o, pm, maps.Length));
+        return ImagePacking.Maps(maps, features.Count, features.Height, features.Width);
     }
 
     /// <summary>Inpaints <paramref name="image"/> under every mask (each in its window, see <see cref="InpaintOptions.WindowContext"/>)

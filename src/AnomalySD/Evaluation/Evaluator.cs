@@ -16,7 +16,8 @@ namespace AnomalySD.Evaluation;
 /// compared at the evaluation resolution (0 = each image's original size): the smoothed map is resized bilinearly, the
 /// mask is resized with nearest neighbour from its original file. Unreadable images and masks of the wrong size are
 /// reported with their path, skipped and counted; the shots used for fitting are excluded from the test split. With
-/// several engines (one model per device), images are scored in parallel from one queue and accumulated in index order.
+/// several engines (one model per device), images are scored in parallel from one queue and accumulated in index order. With
+/// transductive scoring (<see cref="DetectorOptions.Transductive"/>) each category's split is one set, scored on the first engine.
 /// </summary>
 public static class Evaluator
 {
@@ -41,6 +42,13 @@ public static class Evaluator
         var cases = new Dictionary<string, IReadOnlyList<ReportCase>>();
         var restoration = new Dictionary<string, RestorationResult>();
         var decisions = new Dictionary<string, DecisionMetrics>();
+        if (detector.Setup.Detector.Transductive.Enabled)
+        {
+            // Refused before any work: a shard sees part of the split only, and the fused map needs E-only categories.
+            if (eo.Include is not null) throw new ArgumentException("transductive scoring compares each test image with the rest of its split, which a shard does not see: run it unsharded");
+            foreach (string category in categories)
+                if (ScoringRules.TransductiveProblem(detector.Setup.Detector, category) is string problem) throw new ArgumentException(problem);
+        }
         foreach (string category in categories)
         {
             var prompts = detector.Category(category);
@@ -50,7 +58,10 @@ public static class Evaluator
             var accumulator = new CategoryAccumulator(category, detector.PostProcessor(category));
             var normalsForRestoration = new List<RgbImage>();
             int skippedHere = 0, done = 0;
-            foreach (var (index, outcome) in ScoreInOrder(detector.EngineCount, work, (engine, i) => ScoreOne(detector, engine, all[i], category, i, eval, log, restored: whole)))
+            var outcomes = detector.Setup.Detector.Transductive.Enabled
+                ? ScoreTransductive(detector, all, work, category, eval, log, progress)
+                : ScoreInOrder(detector.EngineCount, work, (engine, i) => ScoreOne(detector, engine, all[i], category, i, eval, log, restored: whole));
+            foreach (var (index, outcome) in outcomes)
             {
                 progress?.Invoke($"eval {category}", ++done, work.Count);
                 if (outcome.Skip is string message)
@@ -85,7 +96,7 @@ public static class Evaluator
                 log.LogInformation("{Category}: restoration of {Masks} masked regions: inpainting MSE {A:F5}, blur-fill MSE {B:F5}", category, r.Masks, r.InpaintMse, r.BlurFillMse);
             }
         }
-        return Summarize(results, skipped, scored, total.Elapsed.TotalSeconds, cases, restoration, decisions, detector.Setup.Detector.Calibration ?? new Dictionary<string, CategoryCalibration>());
+        return Summarize(results, skipped, scored, total.Elapsed.TotalSeconds, cases, restoration, decisions, detector.Metadata.Calibration);
     }
 
     /// <summary>The result of records already scored (a merge of shards): accumulated per category in index order exactly as
@@ -122,16 +133,17 @@ public static class Evaluator
 
     private sealed record Outcome(ImageRecord? Record, string? Skip, RgbImage? Image);
 
-    /// <summary>One image: loaded at the analysis size (its ground truth at the evaluation size), scored, its map resized.</summary>
-    private static Outcome ScoreOne(Detector detector, int engine, Sample sample, string category, int index, int eval, ILogger log, bool restored)
+    /// <summary>An image decoded at the analysis size, its original size and its ground truth at the evaluation size.</summary>
+    private sealed record Loaded(RgbImage Image, int Width, int Height, BinaryMask? Truth);
+
+    /// <summary>Loads one test image and its ground truth; null with the message of an unreadable file.</summary>
+    private static (Loaded? Loaded, string? Skip) Load(Detector detector, Sample sample, int eval, ILogger log)
     {
-        RgbImage image;
-        BinaryMask? gt = null;
-        int w, h;
         try
         {
-            (w, h) = ImageIO.Identify(sample.ImagePath);
-            image = detector.Decode(sample.ImagePath);
+            var (w, h) = ImageIO.Identify(sample.ImagePath);
+            var image = detector.Decode(sample.ImagePath);
+            BinaryMask? gt = null;
             if (sample.MaskPath is not null)
             {
                 gt = ImageIO.LoadMask(sample.MaskPath, eval, w, h);
@@ -139,17 +151,56 @@ public static class Evaluator
                     log.LogWarning("{Path}: the ground-truth mask of this anomalous image marks no pixel (at the evaluation size); pixel metrics treat it as all-normal", sample.MaskPath);
             }
             else if (sample.IsAnomalous) log.LogWarning("{Path}: anomalous image without a ground-truth mask; pixel metrics treat it as all-normal", sample.ImagePath);
+            return (new Loaded(image, w, h, gt), null);
         }
         catch (ImageLoadException e)
         {
-            return new Outcome(null, e.Message, null);
+            return (null, e.Message);
         }
-        var result = detector.Detect(category, [image], restored, engine: engine)[0];
-        int eh = eval > 0 ? eval : h, ew = eval > 0 ? eval : w;
+    }
+
+    /// <summary>The record of one scored image: its map resized to the evaluation size.</summary>
+    private static Outcome Record(DetectionResult result, Loaded loaded, Sample sample, string category, int index, int eval)
+    {
+        int eh = eval > 0 ? eval : loaded.Height, ew = eval > 0 ? eval : loaded.Width;
         var evalMap = result.Map.Height == eh && result.Map.Width == ew ? result.Map : Map2D.ResizeBilinear(result.Map, eh, ew);
         var record = new ImageRecord(category, index, sample, result.RawScore, result.Score, Array.ConvertAll(evalMap.Data, v => (float)v),
-                                     gt?.Data ?? new byte[eh * ew], eh, ew, result.Restored);
-        return new Outcome(record, null, image);
+                                     loaded.Truth?.Data ?? new byte[eh * ew], eh, ew, result.Restored);
+        return new Outcome(record, null, loaded.Image);
+    }
+
+    /// <summary>One image: loaded at the analysis size (its ground truth at the evaluation size), scored, its map resized.</summary>
+    private static Outcome ScoreOne(Detector detector, int engine, Sample sample, string category, int index, int eval, ILogger log, bool restored)
+    {
+        var (loaded, skip) = Load(detector, sample, eval, log);
+        if (loaded is null) return new Outcome(null, skip, null);
+        return Record(detector.Detect(category, [loaded.Image], restored, engine: engine)[0], loaded, sample, category, index, eval);
+    }
+
+    /// <summary>
+    /// The images of <paramref name="work"/> scored as one transductive set (<see cref="Detector.DetectTransductive"/>) on engine 0: all
+    /// decoded first (unreadable ones skipped and reported), then their features, the mutual maps and the usual smoothing; outcomes in
+    /// index order. The decoded split and its features are held in memory at once (about 2.3 MB per 256 x 256 image).
+    /// </summary>
+    private static IEnumerable<(int Index, Outcome Outcome)> ScoreTransductive(Detector detector, IReadOnlyList<Sample> all, IReadOnlyList<int> work,
+                                                                               string category, int eval, ILogger log, Action<string, int, int>? progress)
+    {
+        var loaded = new List<(int Index, Loaded Loaded)>();
+        var outcomes = new Dictionary<int, Outcome>();
+        foreach (int i in work)
+        {
+            var (l, skip) = Load(detector, all[i], eval, log);
+            if (l is null) outcomes[i] = new Outcome(null, skip, null);
+            else loaded.Add((i, l));
+            progress?.Invoke($"decode {category}", loaded.Count + outcomes.Count, work.Count);
+        }
+        if (loaded.Count > 0)
+        {
+            var results = detector.DetectTransductive(category, loaded.Select(l => l.Loaded.Image).ToList());
+            for (int k = 0; k < loaded.Count; k++)
+                outcomes[loaded[k].Index] = Record(results[k], loaded[k].Loaded, all[loaded[k].Index], category, loaded[k].Index, eval);
+        }
+        foreach (int i in work) yield return (i, outcomes[i]);
     }
 
     /// <summary>
