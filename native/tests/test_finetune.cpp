@@ -252,6 +252,19 @@ TEST(MixedPrecision, LossScalerFollowsGradScalerRule) {
   EXPECT_TRUE(torch::equal(p.grad(), torch::tensor({4.0f, 5.0f, 6.0f}))) << "a disabled scaler leaves gradients alone";
 }
 
+TEST(MixedPrecision, CpuBf16TrainingGuardSwitchesOneDnnOffOnlyUnderLibtorch2AndRestoresIt) {
+  const bool before = at::globalContext().userEnabledMkldnn();
+  {
+    const asd::CpuBf16TrainingGuard guard(torch::kCPU, asd::MixedPrecision::kBF16);
+    EXPECT_EQ(at::globalContext().userEnabledMkldnn(), TORCH_VERSION_MAJOR >= 2 ? false : before);
+  }
+  EXPECT_EQ(at::globalContext().userEnabledMkldnn(), before) << "restored";
+  {
+    const asd::CpuBf16TrainingGuard none(torch::kCPU, asd::MixedPrecision::kNone);
+    EXPECT_EQ(at::globalContext().userEnabledMkldnn(), before) << "fp32 training keeps oneDNN";
+  }
+}
+
 TEST(MixedPrecision, Bf16UNetTrainingKeepsFp32WeightsAndLearns) {
   SdComponents c = compact_preset(1);
   FinetuneOptions o = tiny_options();

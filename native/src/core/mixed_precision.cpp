@@ -126,4 +126,22 @@ void LossScaler::update(bool finite) {
   }
 }
 
+
+CpuBf16TrainingGuard::CpuBf16TrainingGuard(const torch::Device& device, MixedPrecision precision) {
+#if TORCH_VERSION_MAJOR >= 2
+  if (device.is_cpu() && precision == MixedPrecision::kBF16) {
+    active_ = true;
+    previous_ = at::globalContext().userEnabledMkldnn();
+    at::globalContext().setUserEnabledMkldnn(false);
+  }
+#else
+  (void)device;
+  (void)precision;
+#endif
+}
+
+CpuBf16TrainingGuard::~CpuBf16TrainingGuard() {
+  if (active_) at::globalContext().setUserEnabledMkldnn(previous_);
+}
+
 }  // namespace asd

@@ -41,6 +41,24 @@ class AutocastGuard {
   at::ScalarType previous_dtype_ = at::kFloat;
 };
 
+/// RAII, a libtorch 2.x shim: for a bf16 training step on the CPU (forward and backward), oneDNN is switched off
+/// (at::Context::setUserEnabledMkldnn(false); ATen's own kernels run the bf16 convolutions and matmuls) and restored
+/// after. Under libtorch 2.6 with oneDNN on AVX-512 CPUs, bf16 autocast training of the UNet turns its weights to NaN
+/// after the first step (measured on an AMD EPYC with avx512_bf16; the same test learns with ONEDNN_MAX_CPU_ISA=AVX2 and
+/// under libtorch 1.13). Nothing under libtorch 1.x, for other precisions or on CUDA. The switch is process-wide: a
+/// process that trains in bf16 on the CPU should not score at the same time.
+class CpuBf16TrainingGuard {
+ public:
+  CpuBf16TrainingGuard(const torch::Device& device, MixedPrecision precision);
+  ~CpuBf16TrainingGuard();
+  CpuBf16TrainingGuard(const CpuBf16TrainingGuard&) = delete;
+  CpuBf16TrainingGuard& operator=(const CpuBf16TrainingGuard&) = delete;
+
+ private:
+  bool active_ = false;
+  bool previous_ = true;
+};
+
 /// Dynamic loss scaling for fp16 (the GradScaler rule): the loss is multiplied by scale() before backward;
 /// unscale_and_check divides the gradients by it and reports whether they are all finite. On overflow the step
 /// is skipped and the scale halves; after `growth_interval` finite steps in a row it doubles.

@@ -169,6 +169,7 @@ UNetFinetuner::UNetFinetuner(SdComponents& components, std::vector<CategoryShots
 }
 
 double UNetFinetuner::step() {
+  const CpuBf16TrainingGuard onednn_off(c_.device, options_.mixed_precision);  // libtorch 2.x shim, see its header
   c_.unet->train();
   c_.vae->eval();
   optimizer_.zero_grad();
@@ -257,6 +258,7 @@ DecoderFinetuner::DecoderFinetuner(SdComponents& components, std::vector<Categor
 }
 
 double DecoderFinetuner::step() {
+  const CpuBf16TrainingGuard onednn_off(c_.device, options_.mixed_precision);  // libtorch 2.x shim, see its header
   c_.vae->train();
   optimizer_.zero_grad();
   double total = 0;
